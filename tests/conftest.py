@@ -1,0 +1,23 @@
+"""Test-wide settings: offline hubs, and Ray's / MLflow's files in a temporary home."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+# Set before any test module imports transformers, datasets, ray or mlflow.
+_OFFLINE = {
+    "HF_HUB_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+    "TOKENIZERS_PARALLELISM": "false",
+}
+os.environ.update(_OFFLINE)
+_HOME = tempfile.mkdtemp(prefix="routed-study-test-home-")
+# Ray (token auth, session files) and MLflow (telemetry) write under $HOME.
+os.environ["HOME"] = _HOME
+os.environ.setdefault("RAY_TMPDIR", os.path.join(_HOME, "ray"))
+os.environ["HF_HOME"] = os.path.join(_HOME, "hf")

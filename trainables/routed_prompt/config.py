@@ -1,0 +1,239 @@
+"""The typed configuration of the routed prompt model: every knob, its values.
+
+The field names are the public knob names of ``routed_prompt_model.md`` (section
+6); search spaces, results tables and reports use them verbatim. Each field
+carries its allowed values in ``metadata`` so that one table (:data:`KNOBS`)
+drives validation here, search-space checks in ``search_spaces/`` and encoding in
+``analysis/``.
+
+``RoutedPromptConfig.from_dict`` is the only way user input becomes a config: an
+unknown knob, a value outside its allowed set or range, or a contradictory
+combination raises :class:`~trainables.errors.InputError` naming the knob and the
+allowed values. Nothing falls back silently to a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+from trainables.errors import InputError, did_you_mean, format_choices
+
+
+@dataclass(frozen=True)
+class Knob:
+    """What one knob accepts. ``kind`` is one of bool, int, float, choice."""
+
+    name: str
+    kind: str
+    default: Any
+    help: str
+    choices: tuple | None = None
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    nullable: bool = False
+    # Extra literal values a numeric knob accepts besides its range (-1 = all).
+    specials: tuple = ()
+
+    def allowed(self) -> str:
+        """Human-readable description of the allowed values."""
+        if self.kind == "choice":
+            return format_choices(self.choices)
+        if self.kind == "bool":
+            return "true, false"
+        parts = []
+        if self.low is not None or self.high is not None:
+            lo = "-inf" if self.low is None else f"{self.low:g}"
+            hi = "inf" if self.high is None else f"{self.high:g}"
+            parts.append(f"{self.kind} in [{lo}, {hi}]")
+        else:
+            parts.append(self.kind)
+        parts += [format_choices([s]) for s in self.specials]
+        if self.nullable:
+            parts.append("null (default)")
+        return " or ".join(parts)
+
+    def coerce(self, value: Any, where: str) -> Any:
+        """Return ``value`` converted to this knob's type, or raise InputError."""
+        prefix = f"{where}: knob '{self.name}'"
+        if value is None:
+            if self.nullable:
+                return None
+            raise InputError(f"{prefix} must not be null; allowed: {self.allowed()}")
+        if self.kind == "choice":
+            for choice in self.choices:
+                if isinstance(value, bool) != isinstance(choice, bool):
+                    continue  # True == 1 in Python; a boolean is never an integer choice
+                # YAML may give -1 as int or "-1"; match on the text form too.
+                if value == choice or (isinstance(choice, int) and not isinstance(value, bool)
+                                       and str(value) == str(choice)):
+                    return choice
+            raise InputError(f"{prefix} got {value!r}; allowed values: {self.allowed()}")
+        if self.kind == "bool":
+            if isinstance(value, bool):
+                return value
+            raise InputError(f"{prefix} must be true or false, got {value!r}")
+        if value in self.specials:
+            return value
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise InputError(f"{prefix} must be a number, got {value!r}; allowed: {self.allowed()}")
+        if self.kind == "int":
+            if isinstance(value, float) and not value.is_integer():
+                raise InputError(f"{prefix} must be an integer, got {value!r}")
+            value = int(value)
+        else:
+            value = float(value)
+            if not math.isfinite(value):
+                raise InputError(f"{prefix} must be finite, got {value!r}")
+        if (self.low is not None and value < self.low) or (self.high is not None and value > self.high):
+            raise InputError(f"{prefix} got {value!r}; allowed: {self.allowed()}")
+        return value
+
+
+def knob(default: Any, help: str, kind: str, **spec: Any) -> Any:
+    """A dataclass field that documents and constrains one knob."""
+    return field(default=default, metadata={"knob": dict(kind=kind, help=help, **spec)})
+
+
+@dataclass(frozen=True)
+class RoutedPromptConfig:
+    """Every knob of one trial of the routed prompt model (spec sections 2-4, 6)."""
+
+    # --- optimisation (section 4) ---
+    learning_rate: float = knob(0.05, "AdamW rate of prompts and prompt encoders.",
+                                "float", low=1e-7, high=10.0, log=True)
+    router_learning_rate: float = knob(0.05, "AdamW rate of the router logits (its own group).",
+                                       "float", low=1e-7, high=10.0, log=True)
+    epochs: int = knob(3, "Passes over the training data.", "int", low=1, high=1000)
+    batch_size: int = knob(16, "Examples per batch; each batch holds one task.", "int", low=1, high=4096)
+    warmup_ratio: float = knob(0.1, "Share of all steps spent in linear warm-up before linear decay.",
+                               "float", low=0.0, high=1.0)
+    weight_decay: float = knob(0.0, "AdamW weight decay of both groups.", "float", low=0.0, high=1.0)
+    task_sampling: str = knob("size", "How batches of different tasks are mixed: in proportion to "
+                              "the tasks' sizes, or uniformly.", "choice", choices=("size", "uniform"))
+    seed: int = knob(0, "Seed of initialisation, batching and routing noise.", "int", low=0, high=2**31 - 1)
+
+    # --- prompts (section 1) ---
+    num_prompt_tokens: int = knob(10, "L: tokens per prompt.", "int", low=1, high=512)
+    num_source_prompts: int = knob(4, "Shared source prompts visible to every task.", "int", low=0, high=256)
+    private_prompts: bool = knob(False, "Add one private prompt per task, visible only to it.", "bool")
+    attend_target: bool = knob(False, "Add the task's own target prompt (pooled to L tokens) as a candidate.",
+                               "bool")
+    attend_input: bool = knob(False, "Add the input itself (pooled to L tokens) as a candidate.", "bool")
+    prompt_encoder: str = knob("emb", "How a raw LxD parameter becomes a prompt: identity, "
+                               "Linear-ReLU-Linear, or bi-LSTM then MLP.", "choice",
+                               choices=("emb", "mlp", "lstm"))
+    prompt_encoder_residual: bool = knob(True, "mlp/lstm encoders add their input back (residual).", "bool")
+    init_from_words: bool = knob(False, "Initialise raw prompts from embeddings of real vocabulary tokens "
+                                 "instead of random normal.", "bool")
+    prompt_position: str = knob("pre", "Insert the prompt before or after the input.", "choice",
+                                choices=("pre", "post"))
+
+    # --- router (section 2) ---
+    route_method: str = knob("rb", "Training scores: relaxed Bernoulli sample, sigmoid, softmax or all ones.",
+                             "choice", choices=("rb", "sigmoid", "softmax", "const"))
+    eval_route_method: str = knob("sigmoid", "Evaluation scores: raw logits, sigmoid, 0/1 sign or rb sample.",
+                                  "choice", choices=("direct", "sigmoid", "sign", "rb"))
+    apply_softmax_to: str = knob("after", "'before': softmax over all candidates before selection; "
+                                 "otherwise how the k selected weights are normalised.", "choice",
+                                 choices=("before", "after", "norm", "normafter", "nothing"))
+    num_selected: int = knob(-1, "k: candidates kept by top-k; -1 keeps all.", "int", low=1, high=4096,
+                             specials=(-1,))
+    source_order: str = knob("desc", "Order of the k selected (matters only for cat): strongest first, "
+                             "weakest first, or a random permutation each step.", "choice",
+                             choices=("desc", "asc", "rand"))
+    compose_method: str = knob("wavg", "wavg: weighted average (L tokens); cat: weighted concatenation "
+                               "(k*L tokens); concat: cat with unit weights.", "choice",
+                               choices=("wavg", "cat", "concat"))
+    add_target: bool = knob(False, "Mix the task's target prompt into the composed prompt.", "bool")
+    target_share: float | str | None = knob(None, "g in P <- (1-g)P + g*target: a number in [0, 1] (1 = plain "
+                                            "prompt tuning) or 'learned'. Only with add_target; defaults "
+                                            "to 0.5 there.", "float", low=0.0, high=1.0,
+                                            specials=("learned",), nullable=True)
+    target_share_temperature: float = knob(1.0, "Temperature of the relaxed-Bernoulli learned target gate.",
+                                           "float", low=1e-4, high=100.0, log=True)
+
+    # --- temperature schedule (section 3) ---
+    temperature: float = knob(1.0, "tau_0, the router temperature at step 0.", "float",
+                              low=1e-4, high=100.0, log=True)
+    anneal_dir: int = knob(0, "Direction of annealing: -1 cools, +1 heats, 0 keeps tau constant.",
+                           "choice", choices=(-1, 0, 1))
+    anneal_rate: float | None = knob(None, "r in tau_0*exp(dir*r*step); null picks r so tau changes by "
+                                     "a factor e over the whole run.", "float", low=0.0, high=10.0,
+                                     nullable=True)
+    anneal_min: float = knob(1e-3, "Lower clip of tau.", "float", low=1e-6, high=1e4)
+    anneal_max: float = knob(100.0, "Upper clip of tau.", "float", low=1e-6, high=1e4)
+
+    # --- output side ---
+    head: str = knob("verbalizer", "Encoder backbones only: frozen verbalizer (default) or an explicit "
+                     "trainable linear head.", "choice", choices=("verbalizer", "linear"))
+    verbalizer_scale: float = knob(0.05, "Fixed scale dividing the cosine between prompt+input and label "
+                                   "embeddings.", "float", low=1e-4, high=10.0)
+
+    # ------------------------------------------------------------------ API
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any], where: str = "config",
+                  ignore: Sequence[str] = ()) -> "RoutedPromptConfig":
+        """Validate ``values`` (knob name -> value) and build a config.
+
+        ``where`` names the source (a file, a spec key) in error messages.
+        Keys listed in ``ignore`` are skipped (e.g. bookkeeping keys of a trial).
+        """
+        kwargs = {}
+        for name, value in values.items():
+            if name in ignore:
+                continue
+            if name not in KNOBS:
+                raise InputError(f"{where}: unknown knob '{name}'{did_you_mean(name, KNOBS)}; "
+                                 f"known knobs: {', '.join(sorted(KNOBS))}")
+            kwargs[name] = KNOBS[name].coerce(value, where)
+        config = cls(**kwargs)
+        config.check(where)
+        return config
+
+    def check(self, where: str = "config") -> None:
+        """Reject contradictory combinations of otherwise valid values."""
+        if self.target_share is not None and not self.add_target:
+            raise InputError(f"{where}: knob 'target_share' is set to {self.target_share!r} but "
+                             f"'add_target' is false; target_share only has a meaning with add_target: true")
+        if self.anneal_min > self.anneal_max:
+            raise InputError(f"{where}: knob 'anneal_min' ({self.anneal_min:g}) exceeds 'anneal_max' "
+                             f"({self.anneal_max:g})")
+        if self.num_candidates_per_task == 0:
+            raise InputError(f"{where}: the router has no candidates: set 'num_source_prompts' >= 1, or "
+                             f"enable private_prompts, attend_target or attend_input")
+        if self.num_selected != -1 and self.num_selected > self.num_candidates_per_task:
+            raise InputError(f"{where}: knob 'num_selected' is {self.num_selected} but a task has only "
+                             f"{self.num_candidates_per_task} candidates; allowed: -1 (all) or "
+                             f"1..{self.num_candidates_per_task}")
+
+    @property
+    def num_candidates_per_task(self) -> int:
+        """C seen by one task: sources + its private + its target + its input."""
+        return (self.num_source_prompts + int(self.private_prompts) + int(self.attend_target)
+                + int(self.attend_input))
+
+    @property
+    def effective_target_share(self) -> float | str | None:
+        """target_share with its add_target default applied (0.5), None without add_target."""
+        if not self.add_target:
+            return None
+        return 0.5 if self.target_share is None else self.target_share
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _knob_table() -> dict[str, Knob]:
+    table = {}
+    for f in dataclasses.fields(RoutedPromptConfig):
+        spec = dict(f.metadata["knob"])
+        table[f.name] = Knob(name=f.name, default=f.default, **spec)
+    return table
+
+
+#: Every knob by public name, in declaration order.
+KNOBS: dict[str, Knob] = _knob_table()
