@@ -1,0 +1,358 @@
+"""Search spaces over the knobs of :class:`~trainables.routed_prompt.config.RoutedPromptConfig`.
+
+A space is an ordered list of :class:`Param` (a knob name, an Optuna distribution
+and an optional ``when`` condition) plus constants. ``define_by_run`` walks the
+list and suggests a knob only when its condition holds for the values chosen so
+far, so no trial is spent on a meaningless combination (``target_share`` without
+``add_target``, ``source_order`` under ``wavg``). Because spaces are declared as
+data rather than as free code, a study spec can print them, override a knob's
+distribution, fix knobs, and check the result statically before any training.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Mapping
+
+import optuna
+from optuna.distributions import (BaseDistribution, CategoricalDistribution, FloatDistribution,
+                                  IntDistribution)
+
+from trainables.errors import InputError, did_you_mean, format_choices
+from trainables.routed_prompt.config import KNOBS, RoutedPromptConfig
+
+#: Knobs that only have a meaning (and are only accepted by RoutedPromptConfig) when
+#: another knob has one of the listed values. A space must guarantee these.
+REQUIRES: dict[str, dict[str, tuple]] = {"target_share": {"add_target": (True,)}}
+
+
+@dataclass(frozen=True)
+class Param:
+    """One searched knob.
+
+    name: a knob of RoutedPromptConfig.
+    distribution: an Optuna distribution over that knob's allowed values.
+    when: knob -> allowed values; the knob is suggested only if every listed knob
+        (already chosen in this trial, fixed, or at its default) has one of them.
+    """
+
+    name: str
+    distribution: BaseDistribution
+    when: Mapping[str, tuple] = field(default_factory=dict)
+
+    def active(self, values: Mapping[str, Any]) -> bool:
+        return all(values.get(k, KNOBS[k].default) in allowed for k, allowed in self.when.items())
+
+    def suggest(self, trial: optuna.Trial) -> Any:
+        d = self.distribution
+        if isinstance(d, CategoricalDistribution):
+            return trial.suggest_categorical(self.name, d.choices)
+        if isinstance(d, IntDistribution):
+            return trial.suggest_int(self.name, d.low, d.high, step=d.step, log=d.log)
+        return trial.suggest_float(self.name, d.low, d.high, step=d.step, log=d.log)
+
+    def possible_values(self) -> tuple:
+        """The choices, or (low, high) of a range; plus the default when the knob may stay unset."""
+        d = self.distribution
+        values = tuple(d.choices) if isinstance(d, CategoricalDistribution) else (d.low, d.high)
+        return values + ((KNOBS[self.name].default,) if self.when else ())
+
+    def to_spec(self) -> dict[str, Any]:
+        """The inline-override form of this parameter (see :func:`param_from_spec`)."""
+        d = self.distribution
+        if isinstance(d, CategoricalDistribution):
+            spec: dict[str, Any] = {"choices": list(d.choices)}
+        else:
+            spec = {"low": d.low, "high": d.high}
+            if d.log:
+                spec["log"] = True
+            if d.step is not None and not (isinstance(d, IntDistribution) and d.step == 1):
+                spec["step"] = d.step
+        if self.when:
+            spec["when"] = {k: list(v) for k, v in self.when.items()}
+        return spec
+
+    def describe(self) -> str:
+        d = self.distribution
+        if isinstance(d, CategoricalDistribution):
+            text = f"one of {_show(d.choices)}"
+        else:
+            kind = "int" if isinstance(d, IntDistribution) else "float"
+            text = f"{kind} in [{d.low:g}, {d.high:g}]"
+            if d.log:
+                text += ", log scale"
+            if d.step is not None and not (isinstance(d, IntDistribution) and d.step == 1):
+                text += f", step {d.step:g}"
+        if self.when:
+            conds = " and ".join(f"{k} in [{_show(v)}]" for k, v in self.when.items())
+            text += f"   [only when {conds}]"
+        return text
+
+
+def _show(values) -> str:
+    """Values as a spec writes them (YAML booleans are lower-case)."""
+    return ", ".join(str(v).lower() if isinstance(v, bool) else repr(v) if isinstance(v, str) else str(v)
+                     for v in values)
+
+
+def choice(name: str, *values: Any, when: Mapping[str, tuple] | None = None) -> Param:
+    return Param(name, CategoricalDistribution(values), dict(when or {}))
+
+
+def floats(name: str, low: float, high: float, log: bool = False,
+           when: Mapping[str, tuple] | None = None) -> Param:
+    return Param(name, FloatDistribution(low, high, log=log), dict(when or {}))
+
+
+def ints(name: str, low: int, high: int, step: int = 1, when: Mapping[str, tuple] | None = None) -> Param:
+    return Param(name, IntDistribution(low, high, step=step), dict(when or {}))
+
+
+class SearchSpace(ABC):
+    """A named search space; subclasses declare their parameters (and constants).
+
+    Register a subclass with :func:`register`; its docstring says what it is for
+    and is what ``routed-study validate`` prints.
+    """
+
+    name: ClassVar[str]
+
+    @abstractmethod
+    def declare(self) -> list[Param]:
+        """The searched knobs, in suggestion order (a condition may only look back)."""
+
+    def constants(self) -> dict[str, Any]:
+        """Knobs this space fixes for every trial."""
+        return {}
+
+    def parameters(self) -> dict[str, Param]:
+        return {p.name: p for p in self.declare()}
+
+    def define_by_run(self, trial: optuna.Trial) -> dict[str, Any] | None:
+        """Suggest every active knob on ``trial``; return the constants (Ray merges them)."""
+        constants = self.constants()
+        values = dict(constants)
+        for param in self.declare():
+            if param.active(values):
+                values[param.name] = param.suggest(trial)
+        return dict(constants) or None
+
+    def grid(self) -> dict[str, list] | None:
+        """Every combination as Optuna's GridSampler wants it, if the space is a plain grid.
+
+        A grid exists when every parameter is categorical and unconditional;
+        ranges and conditions have no finite, duplicate-free product.
+        """
+        params = self.declare()
+        if not params or any(p.when or not isinstance(p.distribution, CategoricalDistribution)
+                             for p in params):
+            return None
+        return {p.name: list(p.distribution.choices) for p in params}
+
+    def sample_configs(self, n: int, seed: int = 0) -> list[dict[str, Any]]:
+        """``n`` knob dicts drawn at random through define-by-run (checks, previews)."""
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
+        configs = []
+        for _ in range(n):
+            trial = study.ask()
+            constants = self.define_by_run(trial) or {}
+            configs.append({**trial.params, **constants})
+            study.tell(trial, 0.0)
+        return configs
+
+    def check(self, where: str) -> None:
+        """Reject a space that can produce a config RoutedPromptConfig refuses."""
+        constants = self.constants()
+        params = self.parameters()
+        for name in [n for n in [*params, *constants] if n in REQUIRES]:
+            for needed, allowed in REQUIRES[name].items():
+                if needed in constants:
+                    ok = constants[needed] in allowed
+                else:
+                    ok = name in params and set(params[name].when.get(needed, (None,))) <= set(allowed)
+                if not ok:
+                    raise InputError(
+                        f"{where}: knob '{name}' is set while '{needed}' can be "
+                        f"{_show(v for v in self._possible(needed) if v not in allowed)}; "
+                        f"fix {needed}: {_show(allowed)} or search {name} with "
+                        f"when: {{{needed}: {_show(allowed)}}}")
+        min_candidates = (min(self._possible("num_source_prompts"))
+                          + sum(int(min(self._possible(k))) for k in
+                                ("private_prompts", "attend_target", "attend_input")))
+        if min_candidates == 0:
+            raise InputError(f"{where}: some trials would have no router candidates: keep "
+                             f"num_source_prompts >= 1 or fix one of private_prompts, attend_target, "
+                             f"attend_input to true")
+        top_k = max(self._possible("num_selected"))
+        if top_k > min_candidates:
+            raise InputError(f"{where}: knob 'num_selected' can be {top_k} but some trials have only "
+                             f"{min_candidates} router candidates; keep num_selected in -1 (all) or "
+                             f"1..{min_candidates}, or raise num_source_prompts")
+        if max(self._possible("anneal_min")) > min(self._possible("anneal_max")):
+            raise InputError(f"{where}: knob 'anneal_min' can exceed 'anneal_max'")
+        for config in self.sample_configs(16):
+            RoutedPromptConfig.from_dict(config, where=where)
+
+    def _possible(self, knob: str) -> tuple:
+        constants = self.constants()
+        if knob in constants:
+            return (constants[knob],)
+        params = self.parameters()
+        return params[knob].possible_values() if knob in params else (KNOBS[knob].default,)
+
+    def customise(self, override: Mapping[str, Any] | None = None, fixed: Mapping[str, Any] | None = None,
+                  where: str = "space") -> "SearchSpace":
+        """A copy with knobs re-distributed or added (``override``) and knobs fixed (``fixed``).
+
+        An override keeps the replaced knob's condition unless it gives its own ``when``.
+        The result is checked with :meth:`check`.
+        """
+        params = self.parameters()
+        constants = self.constants()
+        for name, spec in (override or {}).items():
+            param = param_from_spec(name, spec, f"{where}.override.{name}")
+            if name in params and "when" not in spec:
+                param = Param(name, param.distribution, params[name].when)
+            params[name] = param
+            constants.pop(name, None)
+        for name, value in (fixed or {}).items():
+            constants[name] = _knob(name, f"{where}.fixed").coerce(value, f"key '{where}.fixed.{name}'")
+            params.pop(name, None)
+        custom = CustomSpace(self, list(params.values()), constants)
+        custom.check(f"key '{where}'")
+        return custom
+
+    def to_spec(self) -> dict[str, Any]:
+        """The spec form ``{name, override, fixed}`` that rebuilds exactly this space."""
+        return {"name": self.name, "override": {n: p.to_spec() for n, p in self.parameters().items()},
+                "fixed": self.constants()}
+
+    def describe(self) -> list[str]:
+        lines = [f"  {n}: {p.describe()}" for n, p in self.parameters().items()]
+        lines += [f"  {n} = {_show([v])} (fixed)" for n, v in self.constants().items()]
+        return lines
+
+
+class CustomSpace(SearchSpace):
+    """A registered space after a spec's overrides and fixed knobs."""
+
+    def __init__(self, base: SearchSpace, params: list[Param], constants: dict[str, Any]):
+        self.base = base
+        self.name = base.name
+        self.__doc__ = base.__doc__
+        self._params = params
+        self._constants = constants
+
+    def declare(self) -> list[Param]:
+        return list(self._params)
+
+    def constants(self) -> dict[str, Any]:
+        return dict(self._constants)
+
+
+_OVERRIDE_KEYS = ("low", "high", "log", "step", "choices", "when")
+
+
+def _knob(name: str, where: str):
+    if name not in KNOBS:
+        raise InputError(f"key '{where}.{name}': unknown knob{did_you_mean(name, KNOBS)}; "
+                         f"known knobs: {', '.join(KNOBS)}")
+    return KNOBS[name]
+
+
+def param_from_spec(name: str, spec: Any, where: str) -> Param:
+    """Parse one inline override: ``{low, high[, log][, step]}``, ``{choices: [...]}`` or a bare list.
+
+    Any form may add ``when: {knob: value or [values]}``. The kind of range (int or
+    float) is the knob's own; every bound and choice is checked against KNOBS.
+    """
+    knob = _knob(name, where.rsplit(".", 1)[0])
+    at = f"key '{where}'"
+    if isinstance(spec, list):
+        spec = {"choices": spec}
+    if not isinstance(spec, Mapping):
+        raise InputError(f"{at}: expected {{low, high}}, {{choices: [...]}} or a list, got {spec!r} "
+                         f"(constants go under 'fixed')")
+    for key in spec:
+        if key not in _OVERRIDE_KEYS:
+            raise InputError(f"{at}: unknown key '{key}'{did_you_mean(key, _OVERRIDE_KEYS)}; "
+                             f"allowed: {', '.join(_OVERRIDE_KEYS)}")
+    when = _parse_when(spec.get("when") or {}, f"{where}.when")
+    if "choices" in spec:
+        extra = [k for k in ("low", "high", "log", "step") if k in spec]
+        if extra:
+            raise InputError(f"{at}: 'choices' cannot be combined with {', '.join(extra)}")
+        values = spec["choices"]
+        if not isinstance(values, list) or not values:
+            raise InputError(f"{at}: 'choices' must be a non-empty list, got {values!r}")
+        coerced = [knob.coerce(v, at) for v in values]
+        if len(set(map(repr, coerced))) != len(coerced):
+            raise InputError(f"{at}: 'choices' lists a value twice: {values!r}")
+        return Param(name, CategoricalDistribution(coerced), when)
+    if knob.kind not in ("int", "float"):
+        raise InputError(f"{at}: knob '{name}' is {knob.kind}; give {{choices: [...]}} "
+                         f"from {knob.allowed()}")
+    missing = [k for k in ("low", "high") if k not in spec]
+    if missing:
+        raise InputError(f"{at}: missing {' and '.join(missing)} (or give choices)")
+    low, high = (knob.coerce(spec[k], at) for k in ("low", "high"))
+    if not all(isinstance(v, (int, float)) for v in (low, high)):
+        raise InputError(f"{at}: a range needs numbers for low and high, got {low!r} and {high!r}; "
+                         f"list other values under 'choices'")
+    log, step = spec.get("log", False), spec.get("step")
+    if not isinstance(log, bool):
+        raise InputError(f"{at}: 'log' must be true or false, got {log!r}")
+    if low > high:
+        raise InputError(f"{at}: low {low:g} is above high {high:g}")
+    if log and low <= 0:
+        raise InputError(f"{at}: a log-scale range needs low > 0, got {low:g}")
+    if step is not None:
+        if isinstance(step, bool) or not isinstance(step, (int, float)) or step <= 0:
+            raise InputError(f"{at}: 'step' must be a positive number, got {step!r}")
+        if log:
+            raise InputError(f"{at}: 'step' and 'log' cannot be combined")
+        if knob.kind == "int" and not float(step).is_integer():
+            raise InputError(f"{at}: knob '{name}' is an integer; 'step' must be an integer, got {step!r}")
+        span = (high - low) / step
+        if abs(span - round(span)) > 1e-9:
+            raise InputError(f"{at}: high - low ({high - low:g}) is not a multiple of step {step:g}")
+    if knob.kind == "int":
+        dist: BaseDistribution = IntDistribution(low, high, log=log, step=int(step or 1))
+    else:
+        dist = FloatDistribution(low, high, log=log, step=step)
+    return Param(name, dist, when)
+
+
+def _parse_when(when: Any, where: str) -> dict[str, tuple]:
+    if not isinstance(when, Mapping):
+        raise InputError(f"key '{where}': expected a mapping knob -> value(s), got {when!r}")
+    parsed = {}
+    for name, values in when.items():
+        knob = _knob(name, where)
+        values = values if isinstance(values, list) else [values]
+        parsed[name] = tuple(knob.coerce(v, f"key '{where}.{name}'") for v in values)
+    return parsed
+
+
+_REGISTRY: dict[str, type[SearchSpace]] = {}
+
+
+def register(cls: type[SearchSpace]) -> type[SearchSpace]:
+    """Class decorator: make a space available by its ``name``."""
+    if cls.name in _REGISTRY:
+        raise ValueError(f"search space {cls.name!r} is registered twice")
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def space_names() -> list[str]:
+    return list(_REGISTRY)
+
+
+def get_space(name: str, where: str = "space") -> SearchSpace:
+    if name not in _REGISTRY:
+        raise InputError(f"{where}: unknown search space {name!r}{did_you_mean(name, _REGISTRY)}; "
+                         f"allowed values: {format_choices(_REGISTRY)}")
+    return _REGISTRY[name]()

