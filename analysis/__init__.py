@@ -1,0 +1,1 @@
+"""Analysis of study results: loading, encoding, factor importance, findings checks, reports."""
