@@ -1,0 +1,361 @@
+"""Run and resume a study: Ray Tune schedules trials, Optuna proposes them, MLflow records them.
+
+One study = one Ray Tune experiment in ``<storage>/<name>/`` (Ray's trial
+directories plus ``study.yaml``, ``optuna.db``, ``mlflow.db``, ``mlartifacts/`` and
+``report/``). The storage may be a local directory or a URI such as ``s3://bucket/studies``
+(multi-node clusters); the Optuna and MLflow stores are whatever URLs the spec names.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+import optuna
+from ray.tune.search.optuna import OptunaSearch
+
+from trainables.errors import InputError
+from trainables.routed_prompt.config import KNOBS
+
+from study.progress import StudyProgress
+from study.tracking import (OPTUNA_TRIAL_KEY, StudyMLflowCallback, artifact_location_for,
+                            ensure_experiment, ensure_parent_run, finish_parent_run)
+
+if TYPE_CHECKING:
+    from ray.tune import ResultGrid
+
+    from study.spec import StudySpec
+
+SPEC_FILE = "study.yaml"
+#: Checkpoints kept per trial: the latest for resuming, one before it in case a write was cut.
+CHECKPOINTS_KEPT = 2
+
+
+@dataclass
+class StudyOutcome:
+    """What a finished (or interrupted-and-resumed) study produced."""
+
+    name: str
+    study_dir: str
+    num_trials: int          # Ray trials (configurations x repeats)
+    completed: int           # ended without error (ASHA-stopped trials included)
+    stopped_early: int       # completed before the last epoch (stopped by the scheduler)
+    errored: int
+    unfinished: int          # neither completed nor errored: the run was interrupted (resume it)
+    best_score: float | None
+    best_config: dict[str, Any] | None
+    best_trial_id: str | None
+    wall_time_s: float       # the whole call: Ray start, tracking, fit, report
+    fit_time_s: float        # Tuner.fit() alone
+    fit_started_at: float    # wall clock (time.time()) when Tuner.fit() began
+    tracking_uri: str
+    parent_run_id: str
+    report_paths: dict[str, Path] = field(default_factory=dict)
+    results: "ResultGrid | None" = field(default=None, repr=False)
+
+    def summary(self) -> str:
+        best = "-" if self.best_score is None else f"{self.best_score:.4g} ({self.best_trial_id})"
+        text = (f"study '{self.name}': {self.num_trials} trials, {self.completed} completed "
+                f"({self.stopped_early} stopped early), {self.errored} errored; best score {best}; "
+                f"{self.wall_time_s:.0f}s; results in {self.study_dir}")
+        if self.unfinished:
+            text += (f"; interrupted with {self.unfinished} trials unfinished: "
+                     f"`routed-study resume {self.study_dir}` continues it")
+        return text
+
+
+class StudyOptunaSearch(OptunaSearch):
+    """OptunaSearch that ties Ray and Optuna trials together and records early stops as PRUNED.
+
+    It writes the Optuna trial number into each Ray trial's config (key
+    ``__optuna_trial_number__``, ignored by the trainable), which links a Ray trial,
+    its MLflow run and its row in ``optuna.db``. A trial the scheduler stopped
+    (fewer training iterations, one per epoch, than its ``epochs`` knob) is told
+    to Optuna as PRUNED, with its per-epoch values as intermediate values, instead
+    of COMPLETE with a partly-trained score (what the base class does).
+    """
+
+    def suggest(self, trial_id: str):
+        config = super().suggest(trial_id)
+        if isinstance(config, dict):
+            config[OPTUNA_TRIAL_KEY] = self._ot_trials[trial_id].number
+        return config
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
+        if error or not result or trial_id in self._completed_trials or not _stopped_early(result):
+            return super().on_trial_complete(trial_id, result=result, error=error)
+        self._ot_study.tell(self._ot_trials[trial_id], state=optuna.trial.TrialState.PRUNED)
+        self._completed_trials.add(trial_id)
+
+
+def _stopped_early(result: dict) -> bool:
+    """A trial's last result came before its last epoch (Tune marks scheduler stops ``done`` too).
+
+    Searchers get results flattened (``config/epochs``); ResultGrid keeps ``config`` nested.
+    """
+    epochs = result.get("config/epochs", result.get("config", {}).get("epochs", KNOBS["epochs"].default))
+    return result.get("training_iteration", epochs) < epochs
+
+
+def optuna_storage(url: str):
+    """An Optuna RDB storage for ``url``; sqlite waits for its lock instead of failing."""
+    engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
+    return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
+
+
+def make_search_alg(spec: "StudySpec"):
+    """Optuna (the spec's sampler, persistent storage) behind Tune, repeated when asked."""
+    from ray.tune.search import Repeater
+
+    searcher = StudyOptunaSearch(
+        space=spec.space.define_by_run, sampler=spec.make_sampler(), metric=spec.metric, mode=spec.mode,
+        storage=optuna_storage(spec.optuna_storage), study_name=spec.optuna_study_name)
+    if spec.repeats > 1:
+        # Every repeat gets config["__trial_index__"] (added to the seed by the trainable);
+        # Optuna sees one trial per configuration, told the mean over repeats.
+        searcher = Repeater(searcher, repeat=spec.repeats)
+    return searcher
+
+
+def make_scheduler(spec: "StudySpec"):
+    from ray.tune.schedulers import ASHAScheduler
+
+    if spec.scheduler == "none":
+        return None
+    return ASHAScheduler(time_attr="training_iteration", max_t=spec.max_epochs(),
+                         grace_period=spec.grace_period, reduction_factor=spec.reduction_factor)
+
+
+def wrap_trainable(spec: "StudySpec", trainable: Callable | None):
+    """The trainable with the study's TrialSetup bound and its per-trial resources."""
+    from ray import tune
+
+    if trainable is None:
+        from trainables.trainable import routed_prompt_trainable as trainable
+    resources = {"cpu": spec.cpus_per_trial, "gpu": spec.gpus_per_trial}
+    return tune.with_resources(tune.with_parameters(trainable, setup=spec.setup), resources)
+
+
+def _is_uri(path: str | Path) -> bool:
+    return "://" in str(path)
+
+
+def _storage_path(spec: "StudySpec") -> str:
+    return str(spec.storage) if _is_uri(spec.storage) else os.path.abspath(spec.storage)
+
+
+def _study_dir(spec: "StudySpec") -> str:
+    return str(spec.study_dir) if _is_uri(spec.study_dir) else os.path.abspath(spec.study_dir)
+
+
+def _write_spec(spec: "StudySpec", study_dir: str) -> None:
+    """``<study_dir>/study.yaml``: the resolved spec that ``resume`` reads back."""
+    if not _is_uri(study_dir):
+        Path(study_dir).mkdir(parents=True, exist_ok=True)
+        spec.dump(Path(study_dir) / SPEC_FILE)
+        return
+    import pyarrow.fs
+
+    fs, root = pyarrow.fs.FileSystem.from_uri(study_dir)
+    fs.create_dir(root, recursive=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        spec.dump(Path(tmp) / SPEC_FILE)
+        with fs.open_output_stream(f"{root}/{SPEC_FILE}") as out:
+            out.write((Path(tmp) / SPEC_FILE).read_bytes())
+
+
+def _read_spec(study_dir: str) -> "StudySpec":
+    from study.spec import StudySpec
+
+    if not _is_uri(study_dir):
+        path = Path(study_dir) / SPEC_FILE
+        if not path.is_file():
+            raise InputError(f"{study_dir}: not a study directory (no {SPEC_FILE}); "
+                             f"start a study with `routed-study run SPEC`")
+        return StudySpec.load(path)
+    import pyarrow.fs
+
+    fs, root = pyarrow.fs.FileSystem.from_uri(study_dir)
+    if fs.get_file_info(f"{root}/{SPEC_FILE}").type != pyarrow.fs.FileType.File:
+        raise InputError(f"{study_dir}: not a study directory (no {SPEC_FILE})")
+    with tempfile.TemporaryDirectory() as tmp, fs.open_input_stream(f"{root}/{SPEC_FILE}") as src:
+        (Path(tmp) / SPEC_FILE).write_bytes(src.read())
+        return StudySpec.load(Path(tmp) / SPEC_FILE)
+
+
+def _ensure_ray(address: str | None) -> bool:
+    """Connect to the cluster at ``address`` (or RAY_ADDRESS), else start a local Ray on all
+    cores without the dashboard; unless Ray already runs. True if this call started it."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    if address or os.environ.get("RAY_ADDRESS"):
+        ray.init(address=address)
+    else:
+        ray.init(num_cpus=os.cpu_count(), include_dashboard=False)
+    return True
+
+
+def _tracking(spec: "StudySpec", study_dir: str) -> tuple[str, str]:
+    """Create (or find) the study's MLflow experiment and parent run; return their ids."""
+    experiment_id = ensure_experiment(spec.mlflow_tracking_uri, spec.name, artifact_location_for(study_dir))
+    params = {f"setup.{k}": v for k, v in spec.setup.to_dict().items()}
+    params.update(search_algorithm=spec.search_algorithm, search_seed=spec.search_seed,
+                  scheduler=spec.scheduler, num_trials=spec.num_trials, repeats=spec.repeats,
+                  concurrency=spec.concurrency, metric=spec.metric, mode=spec.mode)
+    return experiment_id, ensure_parent_run(spec.mlflow_tracking_uri, experiment_id, spec.name, params)
+
+
+def trial_dirname(trial) -> str:
+    """``<trainable>_<trial id>``: Ray's default name repeats the whole config and gets cut."""
+    return f"{trial.trainable_name}_{trial.trial_id}"
+
+
+def build_tuner(spec: "StudySpec", trainable: Callable | None = None):
+    """The Tuner of a new study (nothing runs until ``fit``)."""
+    from ray import tune
+    from ray.tune import CheckpointConfig, FailureConfig, RunConfig, TuneConfig, Tuner
+
+    study_dir = _study_dir(spec)
+    callbacks = [
+        StudyMLflowCallback(spec.mlflow_tracking_uri, spec.name, artifact_location_for(study_dir)),
+        StudyProgress(spec.name, total=spec.num_samples, metric=spec.metric, mode=spec.mode),
+    ]
+    return Tuner(
+        wrap_trainable(spec, trainable),
+        tune_config=TuneConfig(
+            search_alg=make_search_alg(spec), scheduler=make_scheduler(spec), metric=spec.metric,
+            mode=spec.mode, num_samples=spec.num_samples,
+            max_concurrent_trials=spec.concurrency,
+            # A new trial reuses a finished trial's worker process: starting a Python
+            # worker costs seconds, as much as a short trial's epoch.
+            reuse_actors=True, trial_dirname_creator=trial_dirname),
+        run_config=RunConfig(
+            name=spec.name, storage_path=_storage_path(spec), callbacks=callbacks, verbose=0,
+            failure_config=FailureConfig(max_failures=spec.max_failures),
+            sync_config=tune.SyncConfig(sync_artifacts=True),
+            checkpoint_config=CheckpointConfig(num_to_keep=CHECKPOINTS_KEPT)),
+    )
+
+
+def run_study(spec: "StudySpec", trainable: Callable | None = None) -> StudyOutcome:
+    """Run every trial of ``spec``; ``trainable`` defaults to the routed prompt trainable."""
+    from ray.tune import Tuner
+
+    start = time.monotonic()
+    study_dir = _study_dir(spec)
+    if Tuner.can_restore(study_dir):
+        raise InputError(f"{study_dir}: a study named '{spec.name}' already ran there; resume it with "
+                         f"`routed-study resume {study_dir}` or choose another name")
+    _write_spec(spec, study_dir)
+    started_ray = _ensure_ray(spec.cluster_address)
+    try:
+        _, parent_run_id = _tracking(spec, study_dir)
+        tuner = build_tuner(spec, trainable)
+        return _fit_and_finish(spec, tuner, study_dir, parent_run_id, start)
+    finally:
+        if started_ray:
+            import ray
+
+            ray.shutdown()
+
+
+def resume_study(study_dir: str | Path, trainable: Callable | None = None) -> StudyOutcome:
+    """Continue an interrupted study: unfinished and errored trials resume from their checkpoints.
+
+    Optuna continues from ``optuna.db`` (its pending trials stay the same trials) and
+    MLflow runs are reused (parent by study name, children by Ray trial id).
+    """
+    from ray.tune import Tuner
+
+    start = time.monotonic()
+    study_dir = str(study_dir) if _is_uri(study_dir) else os.path.abspath(study_dir)
+    spec = _read_spec(study_dir)
+    if not Tuner.can_restore(study_dir):
+        raise InputError(f"{study_dir}: no Ray Tune experiment state to resume (tuner.pkl missing); "
+                         f"run the study with `routed-study run`")
+    started_ray = _ensure_ray(spec.cluster_address)
+    try:
+        _, parent_run_id = _tracking(spec, study_dir)
+        tuner = Tuner.restore(study_dir, trainable=wrap_trainable(spec, trainable), resume_errored=True)
+        return _fit_and_finish(spec, tuner, study_dir, parent_run_id, start)
+    finally:
+        if started_ray:
+            import ray
+
+            ray.shutdown()
+
+
+def _fit_and_finish(spec: "StudySpec", tuner, study_dir: str, parent_run_id: str, start: float) -> StudyOutcome:
+    # Keeping CHECKPOINTS_KEPT checkpoints makes Tune snapshot the experiment state after
+    # each trial's second checkpoint, by design; its warning about that is noise here.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    fit_started_at, fit_start = time.time(), time.monotonic()
+    results = tuner.fit()
+    fit_time = time.monotonic() - fit_start
+    outcome = summarise(spec, results, study_dir, parent_run_id, fit_time, fit_started_at)
+    if spec.report and not outcome.unfinished:
+        outcome.report_paths = _write_report(spec, study_dir)
+    outcome.wall_time_s = time.monotonic() - start
+    finish_parent_run(spec.mlflow_tracking_uri, parent_run_id, {
+        "num_trials": outcome.num_trials, "completed": outcome.completed, "errored": outcome.errored,
+        "wall_time_s": outcome.wall_time_s,
+        **({f"best_{spec.metric}": outcome.best_score} if outcome.best_score is not None else {})},
+        status="KILLED" if outcome.unfinished else "FINISHED")
+    print(outcome.summary(), flush=True)
+    return outcome
+
+
+def summarise(spec: "StudySpec", results: "ResultGrid", study_dir: str, parent_run_id: str,
+              fit_time: float, fit_started_at: float) -> StudyOutcome:
+    """Counts and the best trial (by its last reported metric, errored trials excluded)."""
+    best = None
+    stopped_early = 0
+    for result in results:
+        if result.error is not None:
+            continue
+        metrics = result.metrics or {}
+        if _stopped_early({**metrics, "config": result.config}):
+            stopped_early += 1
+        value = metrics.get(spec.metric)
+        if not isinstance(value, (int, float)) or not math.isfinite(value):
+            continue
+        if best is None or (value > best[0] if spec.mode == "max" else value < best[0]):
+            best = (float(value), result)
+    return StudyOutcome(
+        name=spec.name, study_dir=study_dir, num_trials=len(results), completed=results.num_terminated,
+        stopped_early=stopped_early, errored=results.num_errors,
+        unfinished=len(results) - results.num_terminated - results.num_errors,
+        best_score=None if best is None else best[0],
+        best_config=None if best is None else {k: v for k, v in best[1].config.items() if not k.startswith("__")},
+        best_trial_id=None if best is None else best[1].metrics.get("trial_id"),
+        wall_time_s=0.0, fit_time_s=fit_time, fit_started_at=fit_started_at, tracking_uri=spec.mlflow_tracking_uri,
+        parent_run_id=parent_run_id, results=results)
+
+
+def _write_report(spec: "StudySpec", study_dir: str) -> dict[str, Path]:
+    """The analysis report of the finished study; a failing report never loses the study's results.
+
+    A study on remote storage (s3://...) is analysed from its MLflow runs, into
+    ``./reports/<name>`` on the driver.
+    """
+    from analysis.report import build_report
+
+    if _is_uri(study_dir):
+        source, experiment, out_dir = spec.mlflow_tracking_uri, spec.name, Path("reports", spec.name).absolute()
+    else:
+        source, experiment, out_dir = study_dir, None, Path(study_dir) / "report"
+    try:
+        paths = build_report(source, out_dir, target=spec.metric, mode=spec.mode, experiment=experiment)
+    except InputError as exc:  # e.g. too few completed trials to analyse
+        print(f"no report: {exc}; the results are in {study_dir} "
+              f"(`routed-study analyze {study_dir} --out DIR` once more trials finished)", flush=True)
+        return {}
+    print(f"report: {out_dir}", flush=True)
+    return paths
