@@ -1,0 +1,75 @@
+"""Learning on real data with the real MiniLM (slow): prompt tuning beats the zero-shot verbalizer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tiny_backbones import one_thread  # noqa: F401  (autouse fixture: one thread is fastest on a shared machine)
+from trainables.routed_prompt import RoutedPromptConfig
+from trainables.setup import TrialSetup
+from trainables.tasks import score_predictions
+from trainables.training import Trainer
+
+DATA = Path(__file__).resolve().parents[1] / "data"
+
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(not (DATA / "rt_sentiment").is_dir(),
+                                 reason="offline suite missing: run `routed-study data prepare --data-dir data`")]
+
+
+@torch.no_grad()
+def zero_shot_main(trainer: Trainer, task: int) -> float:
+    """The frozen verbalizer with no prompt at all, on the test split."""
+    split = trainer.data.test[task]
+    predictions = []
+    for start in range(0, len(split), 32):
+        batch = trainer.backbone.collate(split, range(start, min(start + 32, len(split))))
+        embeds = trainer.backbone.embed(batch["input_ids"])
+        empty = embeds.new_zeros(embeds.shape[0], 0, embeds.shape[-1])
+        predictions += trainer.backbone.predict(task, embeds, empty, batch, "pre")
+    return score_predictions(trainer.backbone.tasks[task], predictions, split.references)["main"]
+
+
+def test_prompt_tuning_beats_zero_shot_on_rt_sentiment():
+    setup = TrialSetup(tasks=("rt_sentiment",), data_dir=str(DATA), train_per_task=400, eval_per_task=200)
+    # target_share 1 is plain prompt tuning (the baseline of finding F13).
+    config = RoutedPromptConfig.from_dict({"num_prompt_tokens": 20, "learning_rate": 0.05, "epochs": 3,
+                                           "add_target": True, "target_share": 1.0})
+    trainer = Trainer(config, setup)
+    zero_shot = zero_shot_main(trainer, 0)
+    result = trainer.run()
+    print(f"rt_sentiment test accuracy: zero-shot {zero_shot:.1f} -> prompt-tuned "
+          f"{result.metrics['test/rt_sentiment']:.1f} (validation {result.metrics['score']:.1f})")
+    assert result.metrics["test/rt_sentiment"] > zero_shot + 2.0
+
+
+def test_multi_task_routing_trains_end_to_end():
+    tasks = ("rt_sentiment", "rt_subjectivity", "vader_movies")
+    setup = TrialSetup(tasks=tasks, data_dir=str(DATA), train_per_task=64, eval_per_task=48)
+    config = RoutedPromptConfig.from_dict({"num_prompt_tokens": 10, "epochs": 2, "private_prompts": True,
+                                           "add_target": True, "target_share": "learned"})
+    reports = []
+    result = Trainer(config, setup).run(lambda metrics, state, routing: reports.append(metrics))
+    print({k: round(v, 2) for k, v in result.metrics.items() if "/" not in k or k.count("/") == 1})
+    assert [m["epoch"] for m in reports] == [1, 2]
+    assert reports[-1]["train_loss"] < reports[0]["train_loss"]
+    for task in tasks:
+        assert np.isfinite(result.metrics[f"test/{task}"])
+    assert result.routing.router_matrix.shape == (3, 5)
+    assert np.abs(result.routing.router_matrix).max() > 0   # the router moved
+
+
+def test_router_overhead_bench_runs(capsys):
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "router_overhead.py"
+    spec = importlib.util.spec_from_file_location("router_overhead", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    ratio = bench.main(["--steps", "2", "--warmup", "1"])
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last == f"router_overhead_ratio={ratio:.3f}" and ratio > 0
