@@ -39,7 +39,8 @@ BOOKKEEPING = {"trial_id", "status", "epochs_run", "seed", "error", "trial_dir",
                "score", "test_score", "train_loss", "tau", "epoch", "step", "training_iteration",
                "time_this_iter_s", "time_total_s", "timestamp", "done", "date", "pid", "hostname",
                "node_ip", "time_since_restore", "iterations_since_restore", "checkpoint_dir_name",
-               "experiment_tag", "run_id", "start_time", "end_time"}
+               "experiment_tag", "run_id", "start_time", "end_time",
+               "step_seconds", "gpu_peak_mib", "gpu_reserved_peak_mib"}
 
 
 @dataclass

@@ -28,22 +28,21 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _ensure_data(spec) -> None:
-    """Make every task's data readable before training: prepare the offline suite if it is
-    missing, and stop with the data's InputError for any other task (GLUE, ATOMIC)."""
-    from trainables.tasks import get_task, load_split, prepare_offline_suite
+    """Make every split of every task readable before training: prepare the offline suite
+    if it was never prepared, then stop with the data's InputError (file and row) for any
+    missing or malformed file, so that no trial starts on data that cannot be read."""
+    from trainables.tasks import SPLITS, get_task, load_split, prepare_offline_suite
+    from trainables.tasks.offline import MANIFEST
 
-    prepared = False
+    data_dir = Path(spec.setup.data_dir)
+    needs_offline = any(get_task(task).family == "offline" for task in spec.setup.tasks)
+    if needs_offline and not (data_dir / MANIFEST).is_file():
+        print(f"offline data missing in {data_dir}: preparing it "
+              f"(as `routed-study data prepare --data-dir {data_dir}`)", flush=True)
+        prepare_offline_suite(data_dir, seed=0)
     for task in spec.setup.tasks:
-        try:
-            load_split(task, "train", spec.setup.data_dir, limit=1)
-        except InputError:
-            if get_task(task).family != "offline" or prepared:
-                raise
-            print(f"offline data missing in {spec.setup.data_dir}: preparing it "
-                  f"(as `routed-study data prepare --data-dir {spec.setup.data_dir}`)", flush=True)
-            prepare_offline_suite(spec.setup.data_dir, seed=0)
-            prepared = True
-            load_split(task, "train", spec.setup.data_dir, limit=1)
+        for split in SPLITS:
+            load_split(task, split, data_dir, limit=1)
 
 
 def _run(args: argparse.Namespace) -> int:

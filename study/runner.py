@@ -80,7 +80,34 @@ class StudyOptunaSearch(OptunaSearch):
     of COMPLETE with a partly-trained score (what the base class does).
     """
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._orphans: list[int] = []  # Optuna trial ids to adopt, filled by restore
+
+    def restore(self, checkpoint_path: str):
+        """Restore, then collect the orphans: Optuna trials still RUNNING that no restored Ray
+        trial owns. A driver killed between Optuna's ask and Ray's next experiment snapshot
+        leaves them; the next new Ray trials adopt them (number and parameters), so the Optuna
+        study keeps one trial per Ray trial and nothing is proposed twice."""
+        super().restore(checkpoint_path)
+        # A trial can finish (and be told to Optuna) after the snapshot that still shows it
+        # running; Ray then re-runs it from its checkpoint. Optuna refuses updates to a finished
+        # trial, which would crash the resume: treat its new results as already told.
+        stored = sorted(self._ot_study.get_trials(deepcopy=False), key=lambda t: t.number)
+        told = {t._trial_id for t in stored if t.state.is_finished()}
+        self._completed_trials.update(rid for rid, trial in self._ot_trials.items() if trial._trial_id in told)
+        owned = {trial._trial_id for trial in self._ot_trials.values()}
+        self._orphans = [t._trial_id for t in stored if t.state == optuna.trial.TrialState.RUNNING
+                         and t._trial_id not in owned]
+        if self._orphans:
+            # The sampler's RNG was saved before it drew the orphans: as restored it would
+            # draw their parameters again for the next new trials.
+            self._ot_study.sampler.reseed_rng()
+
     def suggest(self, trial_id: str):
+        if trial_id not in self._ot_trials and self._orphans:
+            # Define-by-run on an existing trial returns its stored parameters.
+            self._ot_trials[trial_id] = optuna.trial.Trial(self._ot_study, self._orphans.pop(0))
         config = super().suggest(trial_id)
         if isinstance(config, dict):
             config[OPTUNA_TRIAL_KEY] = self._ot_trials[trial_id].number
@@ -308,7 +335,6 @@ def _fit_and_finish(spec: "StudySpec", tuner, study_dir: str, parent_run_id: str
         "wall_time_s": outcome.wall_time_s,
         **({f"best_{spec.metric}": outcome.best_score} if outcome.best_score is not None else {})},
         status="KILLED" if outcome.unfinished else "FINISHED")
-    print(outcome.summary(), flush=True)
     return outcome
 
 
@@ -357,5 +383,5 @@ def _write_report(spec: "StudySpec", study_dir: str) -> dict[str, Path]:
         print(f"no report: {exc}; the results are in {study_dir} "
               f"(`routed-study analyze {study_dir} --out DIR` once more trials finished)", flush=True)
         return {}
-    print(f"report: {out_dir}", flush=True)
+    print(f"report: {paths['html']} (tables beside it in {out_dir})", flush=True)
     return paths

@@ -47,7 +47,19 @@ _NOT_METRICS = frozenset(AUTO_RESULT_KEYS) - {TIME_TOTAL_S, TIME_THIS_ITER_S}
 def client_for(tracking_uri: str) -> "MlflowClient":
     from mlflow.tracking import MlflowClient
 
-    return MlflowClient(tracking_uri=tracking_uri)
+    if not tracking_uri.startswith("sqlite:///"):
+        return MlflowClient(tracking_uri=tracking_uri)
+    # Two drivers opening one new sqlite store at once race in MLflow's table migrations
+    # ("table ... already exists"): the client's constructor creates or migrates the tables
+    # (once per process, the store is cached), so build it under a lock file beside the
+    # database. Later concurrent writes wait on MLflow's sqlite busy timeout.
+    import fcntl
+
+    database = Path(tracking_uri.removeprefix("sqlite:///"))
+    database.parent.mkdir(parents=True, exist_ok=True)
+    with open(f"{database}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return MlflowClient(tracking_uri=tracking_uri)
 
 
 def ensure_experiment(tracking_uri: str, name: str, artifact_location: str) -> str:
@@ -181,6 +193,22 @@ class StudyMLflowCallback(MLflowLoggerCallback):
         )
         return found[0] if found else None
 
+    def _delete_orphan_runs(self, trial: "Trial") -> None:
+        """Delete runs of this trial's Optuna trial (and repeat) logged under another Ray trial id.
+
+        Such a run belongs to a Ray trial that a killed driver started after its last
+        experiment snapshot: the resumed study never knew it and re-runs the same Optuna
+        trial (see ``StudyOptunaSearch``) from scratch, so the old run would be a duplicate.
+        """
+        if OPTUNA_TRIAL_KEY not in trial.config:
+            return
+        query = (f"tags.`{TAG_PARENT}` = '{self.parent_run_id}' and "
+                 f"tags.`{TAG_OPTUNA_TRIAL}` = '{trial.config[OPTUNA_TRIAL_KEY]}'")
+        repeat = str(trial.config.get(REPEAT_INDEX_KEY, ""))
+        for run in self._client.search_runs([self.mlflow_util.experiment_id], filter_string=query):
+            if run.data.tags.get(TAG_REPEAT_INDEX, "") == repeat and run.data.tags[TAG_RAY_TRIAL_ID] != trial.trial_id:
+                self._client.delete_run(run.info.run_id)
+
     def log_trial_start(self, trial: "Trial"):
         if trial in self._trial_runs:
             return
@@ -190,6 +218,7 @@ class StudyMLflowCallback(MLflowLoggerCallback):
             self._client.update_run(run_id, status="RUNNING")
             self._last_iteration[run_id] = int(existing.data.metrics.get(TRAINING_ITERATION, 0))
         else:
+            self._delete_orphan_runs(trial)
             tags = {TAG_PARENT: self.parent_run_id, TAG_RAY_TRIAL_ID: trial.trial_id,
                     TAG_RAY_TRIAL_NAME: str(trial)}
             if OPTUNA_TRIAL_KEY in trial.config:

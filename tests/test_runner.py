@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import sqlite3
-import sys
 from pathlib import Path
 
 import pytest
 import ray
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/ is not an installed package
 from bench.orchestration import make_sleep_trainable  # noqa: E402
 from study.runner import resume_study, run_study  # noqa: E402
 from study.spec import StudySpec  # noqa: E402

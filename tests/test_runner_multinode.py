@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import shutil
-import sys
 import tempfile
-from pathlib import Path
 
 import pytest
 import ray
 from ray.cluster_utils import Cluster
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/ is not an installed package
 from bench.orchestration import make_sleep_trainable  # noqa: E402
 from study.runner import run_study  # noqa: E402
 from study.spec import StudySpec  # noqa: E402

@@ -3,8 +3,9 @@
 Used as ``tune.with_parameters(routed_prompt_trainable, setup=trial_setup)``.
 Every epoch it reports the metrics of :mod:`trainables.training` with a
 checkpoint (``state.pt``); a restarted trial resumes from
-``ray.tune.get_checkpoint()``. Before the last report it writes the router
-artifacts into the trial directory, so that the checkpoint sync carries them.
+``ray.tune.get_checkpoint()``. Before each report it writes the router
+artifacts into the trial directory (every epoch: a trial stopped early by the
+scheduler keeps its latest router), so that the checkpoint sync carries them.
 """
 
 from __future__ import annotations
@@ -54,12 +55,23 @@ def load_checkpoint_state(checkpoint) -> dict[str, Any] | None:
         return torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=False)
 
 
+def _quiet_worker_logs() -> None:
+    """Keep the study's terminal to its progress lines: Ray forwards every worker's output."""
+    import logging
+
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # a weight-loading bar per trial
+    logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)  # a line per checkpoint
+
+
 def routed_prompt_trainable(config: dict, setup: TrialSetup | dict) -> None:
     """Train one trial under Ray Tune, reporting and checkpointing every epoch."""
     from ray import tune
 
     from trainables.training import train
 
+    _quiet_worker_logs()
     if not isinstance(setup, TrialSetup):
         setup = TrialSetup.from_dict(setup)
     knobs = trial_config(config)
@@ -67,8 +79,8 @@ def routed_prompt_trainable(config: dict, setup: TrialSetup | dict) -> None:
     trial_dir = Path(tune.get_context().get_trial_dir())
 
     def report(metrics: dict[str, float], state: dict[str, Any], routing: RoutingSnapshot) -> None:
-        if "test_score" in metrics:
-            routing.write(trial_dir)
+        # Every epoch, so that a trial the scheduler stops early still leaves its router.
+        routing.write(trial_dir)
         with tempfile.TemporaryDirectory() as folder:
             torch.save(state, Path(folder) / STATE_FILE)
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))

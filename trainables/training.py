@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import random
+import time
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
@@ -26,6 +27,9 @@ from trainables.setup import TrialSetup
 
 #: report(metrics, state, routing): called once per epoch.
 Reporter = Callable[[dict[str, float], dict[str, Any], RoutingSnapshot], None]
+
+#: Metrics that measure the machine, not the model: they differ between identical runs.
+TIMING_METRICS = ("step_seconds", "gpu_peak_mib", "gpu_reserved_peak_mib")
 
 
 @dataclass
@@ -112,6 +116,7 @@ class Trainer:
         from trainables.tasks import get_task
 
         self.config, self.setup = config, setup
+        self.device = torch.device(device)
         seed_everything(config.seed)
         tasks = [get_task(name, where="setup: key 'tasks'") for name in setup.tasks]
         self.backbone = load_backbone(setup.resolved_backbone(), tasks, family=setup.backbone_family,
@@ -133,6 +138,7 @@ class Trainer:
             self.optimizer, int(config.warmup_ratio * self.total_steps), self.total_steps)
         self.step = 0
         self.epoch = 0
+        self.step_seconds = float("nan")
 
     # ------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
@@ -163,8 +169,9 @@ class Trainer:
     def train_epoch(self) -> float:
         self.model.train()
         rng = np.random.default_rng([self.config.seed, self.epoch])
-        losses = []
+        losses, step_times = [], []
         for task, indices in epoch_batches(self.sizes, self.config.batch_size, self.config.task_sampling, rng):
+            started = time.perf_counter()
             batch = self.backbone.collate(self.data.train[task], indices)
             embeds, prompt = self.prompt(task, batch)
             loss = self.backbone.loss(task, embeds, prompt, batch, self.config.prompt_position)
@@ -175,8 +182,11 @@ class Trainer:
             self.optimizer.step()
             self.scheduler.step()
             self.step += 1
-            losses.append(loss.item())
+            losses.append(loss.item())  # .item() waits for the GPU, so the step time is real
+            step_times.append(time.perf_counter() - started)
         self.epoch += 1
+        # The median keeps one-off costs (CUDA's start in the first steps) out of the figure.
+        self.step_seconds = float(np.median(step_times))
         return float(np.mean(losses))
 
     @torch.no_grad()
@@ -208,7 +218,13 @@ class Trainer:
             train_loss = self.train_epoch()
             val = self.evaluate(self.data.validation, "val")
             metrics = {"epoch": self.epoch, "step": self.step, "train_loss": train_loss,
-                       "tau": self.model.tau(self.step), "score": val.pop("val_score"), **val}
+                       "tau": self.model.tau(self.step), "score": val.pop("val_score"),
+                       "step_seconds": self.step_seconds, **val}
+            if self.device.type == "cuda":
+                # Tensors at their peak, and what the caching allocator held; the CUDA context
+                # (~0.5 GiB per process) comes on top of both when sizing GPU fractions.
+                metrics["gpu_peak_mib"] = torch.cuda.max_memory_allocated(self.device) / 2**20
+                metrics["gpu_reserved_peak_mib"] = torch.cuda.max_memory_reserved(self.device) / 2**20
             if self.epoch == self.config.epochs:
                 metrics.update(self.evaluate(self.data.test, "test"))
             if report is not None:
@@ -219,7 +235,13 @@ class Trainer:
 def train(config: RoutedPromptConfig, setup: TrialSetup, report: Reporter | None = None,
           resume_state: dict[str, Any] | None = None, device: str | torch.device = "cpu") -> TrainResult:
     """Train one trial; ``resume_state`` (a state handed to ``report``) continues a stopped run."""
-    trainer = Trainer(config, setup, device=device)
-    if resume_state is not None:
-        trainer.load_state_dict(resume_state)
-    return trainer.run(report)
+    try:
+        trainer = Trainer(config, setup, device=device)
+        if resume_state is not None:
+            trainer.load_state_dict(resume_state)
+        return trainer.run(report)
+    except (MemoryError, torch.OutOfMemoryError) as exc:
+        # Ray and MLflow keep the traceback's last line as the trial's reason: say it plainly
+        # (a bare MemoryError has no message at all).
+        raise MemoryError(f"out of memory ({type(exc).__name__}: {str(exc) or 'no details'}); lower batch_size "
+                          f"or max_length, or give each trial more memory") from exc
