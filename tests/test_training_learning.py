@@ -14,11 +14,7 @@ from trainables.setup import TrialSetup
 from trainables.tasks import score_predictions
 from trainables.training import Trainer
 
-DATA = Path(__file__).resolve().parents[1] / "data"
-
-pytestmark = [pytest.mark.slow,
-              pytest.mark.skipif(not (DATA / "rt_sentiment").is_dir(),
-                                 reason="offline suite missing: run `routed-study data prepare --data-dir data`")]
+pytestmark = pytest.mark.slow
 
 
 @torch.no_grad()
@@ -34,8 +30,8 @@ def zero_shot_main(trainer: Trainer, task: int) -> float:
     return score_predictions(trainer.backbone.tasks[task], predictions, split.references)["main"]
 
 
-def test_prompt_tuning_beats_zero_shot_on_rt_sentiment():
-    setup = TrialSetup(tasks=("rt_sentiment",), data_dir=str(DATA), train_per_task=400, eval_per_task=200)
+def test_prompt_tuning_beats_zero_shot_on_rt_sentiment(offline_data):
+    setup = TrialSetup(tasks=("rt_sentiment",), data_dir=str(offline_data), train_per_task=400, eval_per_task=200)
     # target_share 1 is plain prompt tuning (the baseline of finding F13).
     config = RoutedPromptConfig.from_dict({"num_prompt_tokens": 20, "learning_rate": 0.05, "epochs": 3,
                                            "add_target": True, "target_share": 1.0})
@@ -47,9 +43,9 @@ def test_prompt_tuning_beats_zero_shot_on_rt_sentiment():
     assert result.metrics["test/rt_sentiment"] > zero_shot + 2.0
 
 
-def test_multi_task_routing_trains_end_to_end():
+def test_multi_task_routing_trains_end_to_end(offline_data):
     tasks = ("rt_sentiment", "rt_subjectivity", "vader_movies")
-    setup = TrialSetup(tasks=tasks, data_dir=str(DATA), train_per_task=64, eval_per_task=48)
+    setup = TrialSetup(tasks=tasks, data_dir=str(offline_data), train_per_task=64, eval_per_task=48)
     config = RoutedPromptConfig.from_dict({"num_prompt_tokens": 10, "epochs": 2, "private_prompts": True,
                                            "add_target": True, "target_share": "learned"})
     reports = []
