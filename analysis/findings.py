@@ -192,10 +192,17 @@ def evaluate_compare(f: Finding, frame: pd.DataFrame, target: str, knobs: list[s
     return {**result, "verdict": "inconclusive", "reason": f"CI [{low:.3g}, {high:.3g}] includes 0"}
 
 
-def evaluate_ranking(f: Finding, feature_ranking: pd.Series | None, groups: dict[str, str]) -> dict:
-    """``feature_ranking``: feature importances (descending) of the tree regressor."""
+def evaluate_ranking(f: Finding, feature_ranking: pd.Series | None, groups: dict[str, str],
+                     tree_cv_score: float | None = None) -> dict:
+    """``feature_ranking``: feature importances (descending) of the tree regressor;
+    ``tree_cv_score``: its R^2 on held-out folds."""
     if feature_ranking is None:
         return {"verdict": "inconclusive", "reason": "the tree regressor could not be fitted"}
+    if tree_cv_score is not None and tree_cv_score <= 0:
+        # A tree that predicts held-out trials no better than their mean ranks noise.
+        return {"verdict": "inconclusive",
+                "reason": f"the tree does not predict held-out trials (cross-validated R^2 {tree_cv_score:.2f} "
+                          f"<= 0): its ranking is not evidence either way; run more trials"}
     # A listed knob name stands for its best feature; a listed feature for itself.
     names = list(feature_ranking.index)
     level = {}
@@ -220,8 +227,8 @@ def evaluate_ranking(f: Finding, feature_ranking: pd.Series | None, groups: dict
 
 def evaluate_findings(findings: list[Finding], frame: pd.DataFrame, target: str, knobs: list[str],
                       feature_ranking: pd.Series | None = None, groups: dict[str, str] | None = None,
-                      min_trials: int = 5, alpha: float = 0.05, n_boot: int = 2000,
-                      random_state: int = 0) -> pd.DataFrame:
+                      tree_cv_score: float | None = None, min_trials: int = 5, alpha: float = 0.05,
+                      n_boot: int = 2000, random_state: int = 0) -> pd.DataFrame:
     """One row per finding: verdict, effect (a - b), CI, n per side, Mann-Whitney p, reason."""
     rng = np.random.default_rng(random_state)
     rows = []
@@ -230,7 +237,7 @@ def evaluate_findings(findings: list[Finding], frame: pd.DataFrame, target: str,
             out = evaluate_compare(f, frame, target, knobs, min_trials=min_trials, alpha=alpha,
                                    n_boot=n_boot, rng=rng)
         elif f.kind == "ranking":
-            out = evaluate_ranking(f, feature_ranking, groups or {})
+            out = evaluate_ranking(f, feature_ranking, groups or {}, tree_cv_score)
         else:
             out = {"verdict": "inconclusive", "reason": f"not testable from a trial table: {f.reason}"}
         rows.append({"id": f.id, "statement": f.statement, **out})

@@ -123,12 +123,13 @@ def build_report(source, out_dir, target: str = "score", mode: str = "max", find
     paths["importance"] = out / "importance.csv"
     importance.to_csv(paths["importance"], index=False)
 
-    ranking = None
+    ranking = tree_cv_score = None
     if "tree_regressor" in fitted:
         ranking = fitted["tree_regressor"].feature_importances_.sort_values(ascending=False)
+        tree_cv_score = fitted["tree_regressor"].cv_score_
     signed = frame.assign(**{target: better})
     verdicts = evaluate_findings(claims, signed, target, encoder.knobs_, feature_ranking=ranking, groups=groups,
-                                 random_state=random_state)
+                                 tree_cv_score=tree_cv_score, random_state=random_state)
     paths["findings"] = out / "findings.csv"
     verdicts.to_csv(paths["findings"], index=False)
 

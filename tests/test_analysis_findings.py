@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pandas as pd
 import pytest
 
 from analysis.encoding import KnobEncoder
@@ -61,7 +62,7 @@ def verdicts(tmp_path):
     tree = TreeImportance().fit(encoder.transform(frame[knobs]), frame["score"].to_numpy(), encoder.groups_)
     ranking = tree.feature_importances_.sort_values(ascending=False)
     return evaluate_findings(load_findings(path), frame, "score", knobs, feature_ranking=ranking,
-                             groups=encoder.groups_).set_index("id")
+                             groups=encoder.groups_, tree_cv_score=tree.cv_score_).set_index("id")
 
 
 def test_planted_claims_get_the_right_verdicts(verdicts):
@@ -75,6 +76,21 @@ def test_planted_claims_get_the_right_verdicts(verdicts):
     assert verdicts.loc["never_varied", "verdict"] == "inconclusive"
     assert "never varied" in verdicts.loc["never_varied", "reason"]
     assert verdicts.loc["ranking", "verdict"] == "supported"
+
+
+def test_ranking_of_a_tree_that_predicts_nothing_is_inconclusive(tmp_path):
+    ranking = pd.Series({"apply_softmax_to=after": 0.6, "target_share": 0.3, "anneal_dir": 0.1})
+    path = tmp_path / "ranking.yaml"
+    path.write_text("findings:\n  - {id: F1, kind: ranking, statement: after ranks first,\n"
+                    "     factors: [apply_softmax_to=after, target_share]}\n")
+    claim = load_findings(path)
+    groups = {"apply_softmax_to=after": "apply_softmax_to", "target_share": "target_share",
+              "anneal_dir": "anneal_dir"}
+    frame = pd.DataFrame({"score": [1.0, 2.0]})
+    good = evaluate_findings(claim, frame, "score", [], feature_ranking=ranking, groups=groups, tree_cv_score=0.4)
+    noise = evaluate_findings(claim, frame, "score", [], feature_ranking=ranking, groups=groups, tree_cv_score=-3.5)
+    assert good.loc[0, "verdict"] == "supported"
+    assert noise.loc[0, "verdict"] == "inconclusive" and "R^2 -3.50" in noise.loc[0, "reason"]
 
 
 def test_shipped_findings_file_is_valid_and_covers_every_claim():
