@@ -35,3 +35,14 @@ def offline_data() -> Path:
     from trainables.tasks import prepare_offline_suite
 
     return Path(prepare_offline_suite(REPO / "data", seed=0))
+
+
+@pytest.fixture(scope="module")
+def local_ray(tmp_path_factory):
+    """A 2-CPU local Ray for one test module, its session files in a temporary directory."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+             _temp_dir=str(tmp_path_factory.mktemp("ray")))
+    yield
+    ray.shutdown()

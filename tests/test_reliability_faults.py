@@ -121,14 +121,6 @@ def fails_once_trainable(marker: str) -> Callable[[dict, object], None]:
 
 # ------------------------------------------------------------------- fixtures
 @pytest.fixture(scope="module")
-def local_ray(tmp_path_factory):
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-             _temp_dir=str(tmp_path_factory.mktemp("ray")))
-    yield
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("tiny")
     return {"backbone": str(save_tiny_bert(root / "bert")), "data": str(write_tiny_glue(root / "data"))}

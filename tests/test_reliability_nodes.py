@@ -18,10 +18,10 @@ import ray
 import ray.cloudpickle
 from ray.cluster_utils import Cluster
 
-from bench.orchestration import make_sleep_trainable  # noqa: E402
-from study.runner import run_study  # noqa: E402
-from study.spec import StudySpec  # noqa: E402
-from study.tracking import TAG_PARENT, client_for  # noqa: E402
+from bench.orchestration import make_sleep_trainable
+from study.runner import run_study
+from study.spec import StudySpec
+from study.tracking import TAG_PARENT, client_for
 
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
 EPOCHS = 3

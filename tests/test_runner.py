@@ -6,24 +6,20 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-import ray
 
-from bench.orchestration import make_sleep_trainable  # noqa: E402
-from study.runner import resume_study, run_study  # noqa: E402
-from study.spec import StudySpec  # noqa: E402
-from study.tracking import (TAG_ERROR, TAG_OPTUNA_TRIAL, TAG_PARENT, TAG_RAY_TRIAL_ID,  # noqa: E402
+from bench.orchestration import make_sleep_trainable
+from study.runner import resume_study, run_study
+from study.spec import StudySpec
+from study.tracking import (TAG_ERROR, TAG_OPTUNA_TRIAL, TAG_PARENT, TAG_RAY_TRIAL_ID,
                             TAG_REPEAT_INDEX, TAG_ROLE, client_for)
-from trainables.errors import InputError  # noqa: E402
+from trainables.errors import InputError
 
 EPOCH_SECONDS = 1.0
 
 
 @pytest.fixture(scope="module", autouse=True)
-def local_ray():
-    # One Ray for the module: run_study leaves a running Ray alone (saves ~4 s a test).
-    ray.init(num_cpus=2, include_dashboard=False)
-    yield
-    ray.shutdown()
+def one_ray_for_the_module(local_ray):
+    """run_study leaves a running Ray alone: one Ray for the module saves ~4 s a test."""
 
 
 def make_spec(storage: Path, name: str, **sections) -> StudySpec:

@@ -9,9 +9,9 @@ import pytest
 import ray
 from ray.cluster_utils import Cluster
 
-from bench.orchestration import make_sleep_trainable  # noqa: E402
-from study.runner import run_study  # noqa: E402
-from study.spec import StudySpec  # noqa: E402
+from bench.orchestration import make_sleep_trainable
+from study.runner import run_study
+from study.spec import StudySpec
 
 
 @pytest.fixture

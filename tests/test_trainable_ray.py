@@ -51,17 +51,7 @@ def test_bad_setup_is_an_input_error_before_training():
         routed_prompt_trainable({"epochs": 1}, {"tasks": ["sst"]})
 
 
-@pytest.fixture(scope="module")
-def ray_session(tmp_path_factory):
-    import ray
-
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-             _temp_dir=str(tmp_path_factory.mktemp("ray")))
-    yield
-    ray.shutdown()
-
-
-def test_one_trial_under_a_real_tuner(ray_session, tmp_path):
+def test_one_trial_under_a_real_tuner(local_ray, tmp_path):
     from ray import tune
 
     setup = TrialSetup(tasks=("sst2", "stsb"), backbone=str(save_tiny_bert(tmp_path / "bert")),
