@@ -44,6 +44,12 @@ def _router_section(best: pd.DataFrame, target: str, top: int = 3) -> str:
         matrix = pd.read_csv(path, index_col=0)
         parts.append(f"<h3>{html.escape(str(row['trial_id']))} ({target} = {row[target]:.4g})</h3>")
         parts.append(f'<img class="chart" alt="router heatmap" src="{charts.heatmap(matrix, "router logits")}">')
+        if not matrix.to_numpy(float).any():
+            # Logits start at 0; still 0 means no gradient ever reached them.
+            parts.append("<p>The router never moved from its initial 0: in this configuration the scores do "
+                         "not shape the prompt (route_method=const, compose_method=concat, one selected "
+                         "candidate normalised to 1, or target_share=1), so it shows no routing.</p>")
+            continue
         sources = [c for c in matrix.columns if c.startswith("source_")]
         weights = 1 / (1 + np.exp(-matrix[sources].to_numpy(float)))  # sigmoid of the logits
         uses = {task: sources[int(np.argmax(w))] for task, w in zip(matrix.index, weights)}

@@ -160,3 +160,19 @@ def test_mode_min_reads_lower_as_better(tmp_path):
     assert pd.read_csv(paths["findings"]).set_index("id").loc["F8b", "verdict"] == "supported"
     with pytest.raises(InputError, match="mode got 'lowest'"):
         build_report(tmp_path / "t.csv", tmp_path / "out", target="loss", mode="lowest")
+
+
+def test_router_that_never_moved_is_explained_not_read(tmp_path):
+    from analysis.report import _router_section
+
+    tasks = ["rt_sentiment", "bbc_topic"]
+    moved, frozen = tmp_path / "moved", tmp_path / "frozen"
+    for folder, values in ((moved, [[0.8, -0.2], [-0.5, 0.4]]), (frozen, [[0.0, 0.0], [0.0, 0.0]])):
+        folder.mkdir()
+        pd.DataFrame(values, index=tasks, columns=["source_0", "source_1"]).to_csv(folder / "router_matrix.csv")
+    best = pd.DataFrame({"trial_id": ["moved", "frozen"], "score": [80.0, 79.0],
+                         "trial_dir": [str(moved), str(frozen)]})
+    page = _router_section(best, "score")
+    assert page.count("router heatmap") == 2
+    assert page.count("never moved") == 1 and page.count("Strongest source per task") == 1
+    assert "rt_sentiment -&gt; source_0, bbc_topic -&gt; source_1" in page
