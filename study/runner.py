@@ -323,6 +323,9 @@ def _fit_and_finish(spec: "StudySpec", tuner, study_dir: str, parent_run_id: str
     # Keeping CHECKPOINTS_KEPT checkpoints makes Tune snapshot the experiment state after
     # each trial's second checkpoint, by design; its warning about that is noise here.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    # The study's progress lines are its terminal output; Ray's newer output engine prints a
+    # configuration box and a TensorBoard hint even at verbose=0, its classic one nothing.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     fit_started_at, fit_start = time.time(), time.monotonic()
     results = tuner.fit()
     fit_time = time.monotonic() - fit_start
