@@ -76,7 +76,7 @@ class Param:
     def describe(self) -> str:
         d = self.distribution
         if isinstance(d, CategoricalDistribution):
-            text = f"one of {_show(d.choices)}"
+            text = f"one of {format_choices(d.choices)}"
         else:
             kind = "int" if isinstance(d, IntDistribution) else "float"
             text = f"{kind} in [{d.low:g}, {d.high:g}]"
@@ -85,15 +85,9 @@ class Param:
             if d.step is not None and not (isinstance(d, IntDistribution) and d.step == 1):
                 text += f", step {d.step:g}"
         if self.when:
-            conds = " and ".join(f"{k} in [{_show(v)}]" for k, v in self.when.items())
+            conds = " and ".join(f"{k} in [{format_choices(v)}]" for k, v in self.when.items())
             text += f"   [only when {conds}]"
         return text
-
-
-def _show(values) -> str:
-    """Values as a spec writes them (YAML booleans are lower-case)."""
-    return ", ".join(str(v).lower() if isinstance(v, bool) else repr(v) if isinstance(v, str) else str(v)
-                     for v in values)
 
 
 def choice(name: str, *values: Any, when: Mapping[str, tuple] | None = None) -> Param:
@@ -175,9 +169,9 @@ class SearchSpace(ABC):
                 if not ok:
                     raise InputError(
                         f"{where}: knob '{name}' is set while '{needed}' can be "
-                        f"{_show(v for v in self._possible(needed) if v not in allowed)}; "
-                        f"fix {needed}: {_show(allowed)} or search {name} with "
-                        f"when: {{{needed}: {_show(allowed)}}}")
+                        f"{format_choices(v for v in self._possible(needed) if v not in allowed)}; "
+                        f"fix {needed}: {format_choices(allowed)} or search {name} with "
+                        f"when: {{{needed}: {format_choices(allowed)}}}")
         min_candidates = (min(self._possible("num_source_prompts"))
                           + sum(int(min(self._possible(k))) for k in
                                 ("private_prompts", "attend_target", "attend_input")))
@@ -231,7 +225,7 @@ class SearchSpace(ABC):
 
     def describe(self) -> list[str]:
         lines = [f"  {n}: {p.describe()}" for n, p in self.parameters().items()]
-        lines += [f"  {n} = {_show([v])} (fixed)" for n, v in self.constants().items()]
+        lines += [f"  {n} = {format_choices([v])} (fixed)" for n, v in self.constants().items()]
         return lines
 
 

@@ -76,10 +76,11 @@ def _analyze(args: argparse.Namespace) -> int:
 
 
 def _ui(args: argparse.Namespace) -> int:
+    from study.spec import StudySpec, is_uri
     from study.tracking import serve_ui
 
     target = args.target
-    if "://" in target:
+    if is_uri(target):
         serve_ui(target, host=args.host, port=args.port)
         return 0
     study_dir = Path(target)
@@ -87,7 +88,6 @@ def _ui(args: argparse.Namespace) -> int:
     if not spec_file.is_file():
         raise InputError(f"ui: {target} is neither a tracking URI (sqlite:///..., http://...) nor a study "
                          f"directory (no study.yaml in it)")
-    from study.spec import StudySpec
 
     spec = StudySpec.load(spec_file)
     serve_ui(spec.mlflow_tracking_uri, host=args.host, port=args.port, artifacts_dir=study_dir / "mlartifacts")

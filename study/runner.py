@@ -20,16 +20,15 @@ import optuna
 from ray.tune.search.optuna import OptunaSearch
 
 from trainables.errors import InputError
-from trainables.routed_prompt.config import KNOBS
+from trainables.routed_prompt.config import KNOBS, knob_values
 
 from study.progress import StudyProgress
+from study.spec import StudySpec, is_uri
 from study.tracking import (OPTUNA_TRIAL_KEY, StudyMLflowCallback, artifact_location_for,
                             ensure_experiment, ensure_parent_run, finish_parent_run)
 
 if TYPE_CHECKING:
     from ray.tune import ResultGrid
-
-    from study.spec import StudySpec
 
 SPEC_FILE = "study.yaml"
 #: Checkpoints kept per trial: the latest for resuming, one before it in case a write was cut.
@@ -168,21 +167,17 @@ def wrap_trainable(spec: "StudySpec", trainable: Callable | None):
     return tune.with_resources(tune.with_parameters(trainable, setup=spec.setup), resources)
 
 
-def _is_uri(path: str | Path) -> bool:
-    return "://" in str(path)
-
-
 def _storage_path(spec: "StudySpec") -> str:
-    return str(spec.storage) if _is_uri(spec.storage) else os.path.abspath(spec.storage)
+    return str(spec.storage) if is_uri(spec.storage) else os.path.abspath(spec.storage)
 
 
 def _study_dir(spec: "StudySpec") -> str:
-    return str(spec.study_dir) if _is_uri(spec.study_dir) else os.path.abspath(spec.study_dir)
+    return str(spec.study_dir) if is_uri(spec.study_dir) else os.path.abspath(spec.study_dir)
 
 
 def _write_spec(spec: "StudySpec", study_dir: str) -> None:
     """``<study_dir>/study.yaml``: the resolved spec that ``resume`` reads back."""
-    if not _is_uri(study_dir):
+    if not is_uri(study_dir):
         Path(study_dir).mkdir(parents=True, exist_ok=True)
         spec.dump(Path(study_dir) / SPEC_FILE)
         return
@@ -196,10 +191,8 @@ def _write_spec(spec: "StudySpec", study_dir: str) -> None:
             out.write((Path(tmp) / SPEC_FILE).read_bytes())
 
 
-def _read_spec(study_dir: str) -> "StudySpec":
-    from study.spec import StudySpec
-
-    if not _is_uri(study_dir):
+def _read_spec(study_dir: str) -> StudySpec:
+    if not is_uri(study_dir):
         path = Path(study_dir) / SPEC_FILE
         if not path.is_file():
             raise InputError(f"{study_dir}: not a study directory (no {SPEC_FILE}); "
@@ -302,7 +295,7 @@ def resume_study(study_dir: str | Path, trainable: Callable | None = None) -> St
     from ray.tune import Tuner
 
     start = time.monotonic()
-    study_dir = str(study_dir) if _is_uri(study_dir) else os.path.abspath(study_dir)
+    study_dir = str(study_dir) if is_uri(study_dir) else os.path.abspath(study_dir)
     spec = _read_spec(study_dir)
     if not Tuner.can_restore(study_dir):
         raise InputError(f"{study_dir}: no Ray Tune experiment state to resume (tuner.pkl missing); "
@@ -362,7 +355,7 @@ def summarise(spec: "StudySpec", results: "ResultGrid", study_dir: str, parent_r
         stopped_early=stopped_early, errored=results.num_errors,
         unfinished=len(results) - results.num_terminated - results.num_errors,
         best_score=None if best is None else best[0],
-        best_config=None if best is None else {k: v for k, v in best[1].config.items() if not k.startswith("__")},
+        best_config=None if best is None else knob_values(best[1].config),
         best_trial_id=None if best is None else best[1].metrics.get("trial_id"),
         wall_time_s=0.0, fit_time_s=fit_time, fit_started_at=fit_started_at, tracking_uri=spec.mlflow_tracking_uri,
         parent_run_id=parent_run_id, results=results)
@@ -376,7 +369,7 @@ def _write_report(spec: "StudySpec", study_dir: str) -> dict[str, Path]:
     """
     from analysis.report import build_report
 
-    if _is_uri(study_dir):
+    if is_uri(study_dir):
         source, experiment, out_dir = spec.mlflow_tracking_uri, spec.name, Path("reports", spec.name).absolute()
     else:
         source, experiment, out_dir = study_dir, None, Path(study_dir) / "report"

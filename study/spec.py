@@ -219,7 +219,7 @@ class StudySpec:
                 raise InputError(f"key 'storage.{key}': required when storage.dir is a URI "
                                  f"({self.storage}): a sqlite file needs a local directory")
             return f"sqlite:///{self.study_dir / filename}"
-        if not _is_uri(value):
+        if not is_uri(value):
             raise InputError(f"key 'storage.{key}': {value!r} is not a URI (e.g. sqlite:////abs/path.db, "
                              f"postgresql://host/db, http://host:5000)")
         return value
@@ -422,13 +422,14 @@ def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bo
 _UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 
 
-def _is_uri(value: str) -> bool:
-    return re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", value) is not None
+def is_uri(value: str | Path) -> bool:
+    """A location with a scheme (s3://, sqlite:///, http://) rather than a local path."""
+    return re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", str(value)) is not None
 
 
 def _storage(value: str) -> Path | str:
     """A local directory (absolute, relative to the working directory) or a URI kept as given."""
-    return value.rstrip("/") if _is_uri(value) else Path(value).expanduser().absolute()
+    return value.rstrip("/") if is_uri(value) else Path(value).expanduser().absolute()
 
 
 def _check_writable(directory: Path, key: str) -> None:

@@ -18,6 +18,9 @@ from typing import TYPE_CHECKING, Any, Iterable, Mapping
 from ray.air.integrations.mlflow import MLflowLoggerCallback
 from ray.tune.result import AUTO_RESULT_KEYS, TIME_THIS_ITER_S, TIME_TOTAL_S, TRAINING_ITERATION
 
+from study.spec import is_uri
+from trainables.routed_prompt.config import knob_values
+
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
     from ray.tune.experiment import Trial
@@ -77,10 +80,9 @@ def ensure_experiment(tracking_uri: str, name: str, artifact_location: str) -> s
 
 def artifact_location_for(study_dir: str | Path) -> str:
     """``<study_dir>/mlartifacts`` as a URI (absolute file URI for a local directory)."""
-    text = str(study_dir)
-    if "://" in text:
-        return text.rstrip("/") + "/mlartifacts"
-    return (Path(text).resolve() / "mlartifacts").as_uri()
+    if is_uri(study_dir):
+        return str(study_dir).rstrip("/") + "/mlartifacts"
+    return (Path(study_dir).resolve() / "mlartifacts").as_uri()
 
 
 def ensure_parent_run(tracking_uri: str, experiment_id: str, study_name: str,
@@ -136,11 +138,6 @@ def numeric_metrics(result: Mapping[str, Any]) -> dict[str, float]:
             continue
         out[key] = float(value)
     return out
-
-
-def knob_params(config: Mapping[str, Any]) -> dict[str, Any]:
-    """A trial's knobs: its config without the ``__bookkeeping__`` keys."""
-    return {k: v for k, v in config.items() if not k.startswith("__")}
 
 
 class StudyMLflowCallback(MLflowLoggerCallback):
@@ -227,7 +224,7 @@ class StudyMLflowCallback(MLflowLoggerCallback):
                 tags[TAG_REPEAT_INDEX] = str(trial.config[REPEAT_INDEX_KEY])
             run = self._client.create_run(self.mlflow_util.experiment_id, run_name=str(trial), tags=tags)
             run_id = run.info.run_id
-            _log_params(self._client, run_id, knob_params(trial.config))
+            _log_params(self._client, run_id, knob_values(trial.config))
             self._last_iteration[run_id] = 0
         self._trial_runs[trial] = run_id
 

@@ -12,7 +12,8 @@ import urllib.request
 import pytest
 
 from study.tracking import (TAG_ROLE, TAG_STUDY, artifact_location_for, client_for, ensure_experiment,
-                            ensure_parent_run, knob_params, numeric_metrics)
+                            ensure_parent_run, numeric_metrics)
+from trainables.routed_prompt.config import knob_values
 
 
 def test_numeric_metrics_keep_measurements_only():
@@ -23,8 +24,8 @@ def test_numeric_metrics_keep_measurements_only():
                                        "time_total_s": 3.5, "time_this_iter_s": 1.0}
 
 
-def test_knob_params_drop_bookkeeping_keys():
-    assert knob_params({"learning_rate": 0.1, "__trial_index__": 1, "__optuna_trial_number__": 3}) == {
+def test_knob_values_drop_bookkeeping_keys():
+    assert knob_values({"learning_rate": 0.1, "__trial_index__": 1, "__optuna_trial_number__": 3}) == {
         "learning_rate": 0.1}
 
 

@@ -23,4 +23,6 @@ def did_you_mean(name: str, candidates: Iterable[str]) -> str:
 
 
 def format_choices(choices: Iterable[object]) -> str:
-    return ", ".join(repr(c) if isinstance(c, str) else str(c) for c in choices)
+    """Values as a spec writes them: strings quoted, booleans in YAML's lower case."""
+    return ", ".join(str(c).lower() if isinstance(c, bool) else repr(c) if isinstance(c, str) else str(c)
+                     for c in choices)

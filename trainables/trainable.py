@@ -18,7 +18,7 @@ from typing import Any, Mapping
 import torch
 
 from trainables.artifacts import RoutingSnapshot
-from trainables.routed_prompt import RoutedPromptConfig
+from trainables.routed_prompt.config import RoutedPromptConfig, knob_values
 from trainables.setup import TrialSetup
 
 STATE_FILE = "state.pt"
@@ -26,8 +26,7 @@ STATE_FILE = "state.pt"
 
 def trial_config(config: Mapping[str, Any]) -> RoutedPromptConfig:
     """Knobs of a trial config; ``__``-keys are bookkeeping, and the repeat index shifts the seed."""
-    knobs = {k: v for k, v in config.items() if not k.startswith("__")}
-    parsed = RoutedPromptConfig.from_dict(knobs, where="trial config")
+    parsed = RoutedPromptConfig.from_dict(knob_values(config), where="trial config")
     repeat = int(config.get("__trial_index__", 0))
     return dataclasses.replace(parsed, seed=parsed.seed + repeat) if repeat else parsed
 

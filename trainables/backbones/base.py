@@ -15,8 +15,7 @@ from typing import Any, ClassVar, Sequence
 
 import torch
 
-PROMPT_POSITIONS = ("pre", "post")
-
+from trainables.routed_prompt.config import KNOBS
 
 @dataclass
 class EncodedSplit:
@@ -42,7 +41,7 @@ def insert_prompt(prompt: torch.Tensor, embeds: torch.Tensor, mask: torch.Tensor
     if position == "pre":
         return torch.cat([prompt, embeds], dim=1), torch.cat([ones, mask], dim=1)
     if position != "post":
-        raise ValueError(f"prompt_position got {position!r}; allowed values: {PROMPT_POSITIONS}")
+        raise ValueError(f"prompt_position got {position!r}; allowed values: {KNOBS['prompt_position'].allowed()}")
     batch, seq = mask.shape
     plen = prompt.shape[1]
     lengths = mask.sum(dim=1, keepdim=True)                       # B x 1

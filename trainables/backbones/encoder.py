@@ -18,9 +18,7 @@ import torch.nn.functional as F
 
 from trainables.backbones.base import Backbone, EncodedSplit, insert_prompt
 from trainables.errors import InputError
-
-HEADS = ("verbalizer", "linear")
-
+from trainables.routed_prompt.config import KNOBS
 
 def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     weights = mask.unsqueeze(-1).to(hidden.dtype)
@@ -33,8 +31,7 @@ class EncoderBackbone(Backbone):
 
     def __init__(self, path: str, tasks: Sequence[Any], max_length: int = 64,
                  head: str = "verbalizer", verbalizer_scale: float = 0.05) -> None:
-        if head not in HEADS:
-            raise InputError(f"knob 'head' got {head!r}; allowed values: 'verbalizer', 'linear'")
+        head = KNOBS["head"].coerce(head, "encoder backbone")
         super().__init__(path, tasks, max_length)
         self.head_kind = head
         self.verbalizer_scale = verbalizer_scale

@@ -227,6 +227,12 @@ class RoutedPromptConfig:
         return dataclasses.asdict(self)
 
 
+def knob_values(trial_config: Mapping[str, Any]) -> dict[str, Any]:
+    """The knobs of a trial config: without the bookkeeping keys that start with ``__``
+    (Ray's ``__trial_index__`` of a repeat, the study's ``__optuna_trial_number__``)."""
+    return {k: v for k, v in trial_config.items() if not k.startswith("__")}
+
+
 def _knob_table() -> dict[str, Knob]:
     table = {}
     for f in dataclasses.fields(RoutedPromptConfig):
