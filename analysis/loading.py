@@ -23,6 +23,7 @@ import pandas as pd
 import yaml
 
 from trainables.errors import InputError, did_you_mean
+from trainables.routed_prompt.config import KNOBS
 
 #: How each trial status enters the analysis (also printed in the report).
 STATUS_TREATMENT = {
@@ -122,7 +123,8 @@ class Loader(ABC):
 def _status(config: dict, last: dict, errored: bool) -> str:
     if errored:
         return "error"
-    planned = config.get("epochs")
+    # A study's trials train the knob's default number of epochs unless the config says otherwise.
+    planned = config.get("epochs", KNOBS["epochs"].default)
     done = last.get("epoch", last.get("training_iteration"))
     if planned is not None and done is not None and done < planned:
         return "early_stopped"

@@ -16,6 +16,7 @@ from analysis.loading import load_trials
 from analysis.report import build_report
 from analysis.synthetic import planted_table
 from trainables.errors import InputError
+from trainables.routed_prompt.config import KNOBS
 
 CHROMIUM = Path("/usr/bin/chromium")
 FILES = {"trials", "importance", "findings", "tree", "html"}
@@ -176,3 +177,16 @@ def test_router_that_never_moved_is_explained_not_read(tmp_path):
     assert page.count("router heatmap") == 2
     assert page.count("never moved") == 1 and page.count("Strongest source per task") == 1
     assert "rt_sentiment -&gt; source_0, bbc_topic -&gt; source_1" in page
+
+
+def test_trial_stopped_before_the_default_epochs_is_early_stopped(tmp_path):
+    # epochs neither searched nor fixed: absent from the config, the trial trains the default.
+    default = KNOBS["epochs"].default
+    for name, epochs_run in (("full", default), ("cut", 1)):
+        trial = tmp_path / "study" / name
+        trial.mkdir(parents=True)
+        (trial / "params.json").write_text(json.dumps({"learning_rate": 0.01}))
+        (trial / "result.json").write_text("".join(json.dumps({"epoch": e, "score": 50.0 + e}) + "\n"
+                                                   for e in range(1, epochs_run + 1)))
+    status = load_trials(tmp_path / "study").frame.set_index("trial_id")["status"]
+    assert status["full"] == "ok" and status["cut"] == "early_stopped"
