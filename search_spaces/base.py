@@ -1,9 +1,10 @@
 """Search spaces over the knobs of :class:`~trainables.routed_prompt.config.RoutedPromptConfig`.
 
-A space is an ordered list of :class:`Param` (a knob name, an Optuna distribution
-and an optional ``when`` condition) plus constants. ``define_by_run`` walks the
-list and suggests a knob only when its condition holds for the values chosen so
-far, so no trial is spent on a meaningless combination (``target_share`` without
+A space is a list of :class:`Param` (a knob name, an Optuna distribution and an
+optional extra ``when`` condition) plus constants. ``define_by_run`` suggests a knob
+only where it applies, by the knob table's one declaration of when a knob applies
+(``Knob.applies``) and the param's own ``when``, suggesting the knobs a condition reads
+first, so no trial is spent on a meaningless combination (``target_share`` without
 ``add_target``, ``source_order`` under ``wavg``). Because spaces are declared as
 data rather than as free code, a study spec can print them, override a knob's
 distribution, fix knobs, and check the result statically before any training.
@@ -15,16 +16,15 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Mapping
 
+import itertools
+from graphlib import TopologicalSorter
+
 import optuna
 from optuna.distributions import (BaseDistribution, CategoricalDistribution, FloatDistribution,
                                   IntDistribution)
 
 from trainables.errors import InputError, did_you_mean, format_choices
-from trainables.routed_prompt.config import KNOBS, RoutedPromptConfig
-
-#: Knobs that only have a meaning (and are only accepted by RoutedPromptConfig) when
-#: another knob has one of the listed values. A space must guarantee these.
-REQUIRES: dict[str, dict[str, tuple]] = {"target_share": {"add_target": (True,)}}
+from trainables.routed_prompt.config import KNOBS, RoutedPromptConfig, complete
 
 
 @dataclass(frozen=True)
@@ -33,8 +33,9 @@ class Param:
 
     name: a knob of RoutedPromptConfig.
     distribution: an Optuna distribution over that knob's allowed values.
-    when: knob -> allowed values; the knob is suggested only if every listed knob
-        (already chosen in this trial, fixed, or at its default) has one of them.
+    when: knob -> allowed values, a condition of the spec's own on top of the knob's
+        ``applies``; the knob is suggested only if every listed knob (already chosen in
+        this trial, fixed, or at its default) has one of them.
     """
 
     name: str
@@ -42,7 +43,15 @@ class Param:
     when: Mapping[str, tuple] = field(default_factory=dict)
 
     def active(self, values: Mapping[str, Any]) -> bool:
-        return all(values.get(k, KNOBS[k].default) in allowed for k, allowed in self.when.items())
+        """Whether to suggest this knob, given the values chosen so far (the rest at defaults)."""
+        full = complete(values)
+        return KNOBS[self.name].applies_in(full) and all(full[k] in allowed for k, allowed in self.when.items())
+
+    @property
+    def reads(self) -> frozenset[str]:
+        """The knobs whose values decide whether this one is suggested."""
+        condition = KNOBS[self.name].applies
+        return (condition.reads if condition else frozenset()) | frozenset(self.when)
 
     def suggest(self, trial: optuna.Trial) -> Any:
         d = self.distribution
@@ -56,7 +65,7 @@ class Param:
         """The choices, or (low, high) of a range; plus the default when the knob may stay unset."""
         d = self.distribution
         values = tuple(d.choices) if isinstance(d, CategoricalDistribution) else (d.low, d.high)
-        return values + ((KNOBS[self.name].default,) if self.when else ())
+        return values + ((KNOBS[self.name].default,) if self.reads else ())
 
     def to_spec(self) -> dict[str, Any]:
         """The inline-override form of this parameter (see :func:`param_from_spec`)."""
@@ -84,9 +93,11 @@ class Param:
                 text += ", log scale"
             if d.step is not None and not (isinstance(d, IntDistribution) and d.step == 1):
                 text += f", step {d.step:g}"
-        if self.when:
-            conds = " and ".join(f"{k} in [{format_choices(v)}]" for k, v in self.when.items())
-            text += f"   [only when {conds}]"
+        conds = [f"{k} in [{format_choices(v)}]" for k, v in self.when.items()]
+        if KNOBS[self.name].applies is not None:
+            conds.insert(0, KNOBS[self.name].applies.text)
+        if conds:
+            text += f"   [only when {' and '.join(conds)}]"
         return text
 
 
@@ -123,11 +134,17 @@ class SearchSpace(ABC):
     def parameters(self) -> dict[str, Param]:
         return {p.name: p for p in self.declare()}
 
+    def suggestion_order(self) -> list[Param]:
+        """The params with every knob a condition reads before the knob it guards."""
+        params = self.parameters()
+        graph = TopologicalSorter({name: [k for k in p.reads if k in params] for name, p in params.items()})
+        return [params[name] for name in graph.static_order()]
+
     def define_by_run(self, trial: optuna.Trial) -> dict[str, Any] | None:
-        """Suggest every active knob on ``trial``; return the constants (Ray merges them)."""
+        """Suggest every knob that applies on ``trial``; return the constants (Ray merges them)."""
         constants = self.constants()
         values = dict(constants)
-        for param in self.declare():
+        for param in self.suggestion_order():
             if param.active(values):
                 values[param.name] = param.suggest(trial)
         return dict(constants) or None
@@ -135,8 +152,7 @@ class SearchSpace(ABC):
     def grid(self) -> dict[str, list] | None:
         """Every combination as Optuna's GridSampler wants it, if the space is a plain grid.
 
-        A grid exists when every parameter is categorical and unconditional;
-        ranges and conditions have no finite, duplicate-free product.
+        A grid exists when every parameter is categorical; ranges have no finite product.
         """
         params = self.declare()
         if not params or any(p.when or not isinstance(p.distribution, CategoricalDistribution)
@@ -159,19 +175,19 @@ class SearchSpace(ABC):
     def check(self, where: str) -> None:
         """Reject a space that can produce a config RoutedPromptConfig refuses."""
         constants = self.constants()
-        params = self.parameters()
-        for name in [n for n in [*params, *constants] if n in REQUIRES]:
-            for needed, allowed in REQUIRES[name].items():
-                if needed in constants:
-                    ok = constants[needed] in allowed
-                else:
-                    ok = name in params and set(params[name].when.get(needed, (None,))) <= set(allowed)
-                if not ok:
-                    raise InputError(
-                        f"{where}: knob '{name}' is set while '{needed}' can be "
-                        f"{format_choices(v for v in self._possible(needed) if v not in allowed)}; "
-                        f"fix {needed}: {format_choices(allowed)} or search {name} with "
-                        f"when: {{{needed}: {format_choices(allowed)}}}")
+        for name in [n for n in constants if KNOBS[n].strict]:
+            condition = KNOBS[name].applies
+            readers = sorted(condition.reads)
+            points = [dict(zip(readers, combo)) for combo in
+                      itertools.product(*(self._possible(k) for k in readers))]
+            bad = [p for p in points if not condition(complete({**constants, **p}))]
+            if bad:
+                raise InputError(
+                    f"{where}: knob '{name}' is set while "
+                    + " and ".join(f"'{k}' can be {format_choices(dict.fromkeys(p[k] for p in bad))}"
+                                   for k in readers if k not in constants)
+                    + f"; {name} only has a meaning when {condition.text}: fix those knobs or "
+                    f"search {name} instead of fixing it")
         min_candidates = (min(self._possible("num_source_prompts"))
                           + sum(int(min(self._possible(k))) for k in
                                 ("private_prompts", "attend_target", "attend_input")))

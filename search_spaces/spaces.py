@@ -31,8 +31,9 @@ class CoreSpace(SearchSpace):
 class FindingsSpace(SearchSpace):
     """findings: core plus every categorical knob the research findings (F1-F18) speak of.
 
-    Conditional knobs are suggested only where they mean something: target_share
-    only with add_target, source_order only when composing by cat/concat. With 4
+    Every knob is suggested only where it means something (the knob table's
+    ``applies``): target_share only with add_target, source_order only when composing
+    several prompts by cat/concat, apply_softmax_to only when fewer are selected than exist. With 4
     source prompts (the default) every task has at least 4 candidates, so
     num_selected in {all, 1, 2} is always valid.
     """
@@ -44,10 +45,10 @@ class FindingsSpace(SearchSpace):
             choice("route_method", "rb", "sigmoid", "softmax", "const"),
             choice("apply_softmax_to", "before", "after", "norm", "normafter", "nothing"),
             choice("compose_method", "wavg", "cat", "concat"),
-            choice("source_order", "desc", "asc", "rand", when={"compose_method": ("cat", "concat")}),
+            choice("source_order", "desc", "asc", "rand"),
             choice("num_selected", -1, 1, 2),
             choice("add_target", False, True),
-            choice("target_share", 0.25, 0.5, 0.75, 1.0, "learned", when={"add_target": (True,)}),
+            choice("target_share", 0.25, 0.5, 0.75, 1.0, "learned"),
             choice("attend_target", False, True),
             choice("attend_input", False, True),
             choice("private_prompts", False, True),
@@ -61,7 +62,8 @@ class OriginalGridSpace(SearchSpace):
     """original_grid: the researcher's hand-run exhaustive grid, 2 x 2 x 2 x 2 x 3 = 48 points.
 
     learning_rate x apply_softmax_to (before/after) x compose_method (wavg/cat) x
-    source_order (desc/asc) x anneal_dir, at 10 prompt tokens and 3 epochs. Run it
+    source_order (desc/asc) x anneal_dir, at 10 prompt tokens, 3 epochs and 2 of the 4
+    sources selected. Run it
     with ``search: {algorithm: grid}`` to compare a study against the old way.
     """
 
@@ -77,4 +79,6 @@ class OriginalGridSpace(SearchSpace):
         ]
 
     def constants(self) -> dict[str, Any]:
-        return {"num_prompt_tokens": 10, "epochs": 3}
+        # The researcher's grids selected fewer candidates than exist: with all of them
+        # selected, apply_softmax_to before and after are the same model (spec section 7).
+        return {"num_prompt_tokens": 10, "epochs": 3, "num_selected": 2}

@@ -5,9 +5,9 @@ from __future__ import annotations
 import optuna
 import pytest
 
-from search_spaces import REQUIRES, SearchSpace, get_space, param_from_spec, space_names
+from search_spaces import SearchSpace, get_space, param_from_spec, space_names
 from trainables.errors import InputError
-from trainables.routed_prompt.config import KNOBS, RoutedPromptConfig
+from trainables.routed_prompt.config import KNOBS, RoutedPromptConfig, complete, inert_knobs
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -46,7 +46,10 @@ def test_findings_conditions_are_honoured():
     space = get_space("findings")
     for values in space.sample_configs(80, seed=3):
         assert ("target_share" in values) == values["add_target"]
-        assert ("source_order" in values) == (values["compose_method"] in ("cat", "concat"))
+        if "compose_method" in values:
+            assert ("source_order" in values) <= (values["compose_method"] in ("cat", "concat"))
+        # Exactly the knobs that apply are sampled: the knob table's one declaration decides.
+        assert set(values) == set(space.parameters()) - set(inert_knobs(values))
 
 
 def test_original_grid_lists_its_grid_and_runs_with_grid_sampler():
@@ -84,14 +87,14 @@ def test_override_replaces_extends_and_keeps_condition():
         fixed={"prompt_encoder": "mlp", "batch_size": 8})
     params = space.parameters()
     assert params["learning_rate"].distribution.low == 0.01
-    assert params["target_share"].when == {"add_target": (True,)}
+    assert params["target_share"].reads == {"add_target"}  # from the knob table, kept by the override
     assert params["router_learning_rate"].distribution.choices == (0.01, 0.1)
     assert params["warmup_ratio"].when == {"route_method": ("rb",)}
     assert "prompt_encoder" not in params
     assert space.constants() == {"prompt_encoder": "mlp", "batch_size": 8}
     for values in space.sample_configs(40):
         assert values["prompt_encoder"] == "mlp"
-        assert ("warmup_ratio" in values) == (values["route_method"] == "rb")
+        assert ("warmup_ratio" in values) == (complete(values)["route_method"] == "rb")
 
 
 def test_int_override_uses_step_and_round_trips():
@@ -127,7 +130,6 @@ def test_bad_override_names_the_key(name, spec, message):
 
 @pytest.mark.parametrize("override, fixed, message", [
     ({}, {"target_share": 0.5}, "'target_share' is set while 'add_target' can be false"),
-    ({"target_share": {"choices": [0.5], "when": {}}}, {}, "'target_share' is set while 'add_target'"),
     ({}, {"num_source_prompts": 1}, "'num_selected' can be 2 but some trials have only 1"),
     ({"num_source_prompts": {"low": 0, "high": 2}}, {"num_selected": -1}, "no router candidates"),
     ({}, {"anneal_min": 50.0, "anneal_max": 10.0}, "'anneal_min' can exceed 'anneal_max'"),
@@ -144,13 +146,20 @@ def test_fixing_add_target_makes_target_share_legal():
     assert all(v["target_share"] == "learned" for v in space.sample_configs(5))
 
 
-def test_requires_table_matches_the_config_rule():
-    # REQUIRES mirrors RoutedPromptConfig.check: breaking it must fail there too.
-    for knob, needs in REQUIRES.items():
-        for other, allowed in needs.items():
-            bad = next(v for v in (True, False) if v not in allowed)
-            with pytest.raises(InputError):
-                RoutedPromptConfig.from_dict({knob: 0.5, other: bad})
+def test_strict_knobs_follow_the_config_rule():
+    # A strict knob set where it does not apply is refused by the config and by a space alike.
+    strict = [name for name, spec in KNOBS.items() if spec.strict]
+    assert strict == ["target_share"]
+    with pytest.raises(InputError, match="only has a meaning when add_target is true"):
+        RoutedPromptConfig.from_dict({"target_share": 0.5, "add_target": False})
+    with pytest.raises(InputError, match="'target_share' is set while 'add_target' can be false"):
+        get_space("findings").customise({}, {"target_share": 0.5})
+
+
+def test_an_empty_when_cannot_lift_the_knob_tables_condition():
+    space = get_space("findings").customise({"target_share": {"choices": [0.5], "when": {}}})
+    for values in space.sample_configs(40):
+        assert ("target_share" in values) == values["add_target"]
 
 
 def test_custom_space_is_a_search_space_with_the_base_docstring():

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
 from trainables.errors import InputError, did_you_mean, format_choices
+from trainables.routed_prompt.conditions import Condition, derived, is_none_of, is_one_of
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,15 @@ class Knob:
     nullable: bool = False
     # Extra literal values a numeric knob accepts besides its range (-1 = all).
     specials: tuple = ()
+    # When the knob means something in a trial (None: always). The one declaration that
+    # validation, search spaces and analysis read (section 7: inert knobs are declared).
+    applies: Condition | None = None
+    # Setting the knob where it does not apply is an error (not only inert).
+    strict: bool = False
+
+    def applies_in(self, values: Mapping[str, Any]) -> bool:
+        """Whether this knob means something given complete knob values (see :func:`complete`)."""
+        return self.applies is None or self.applies(values)
 
     def allowed(self) -> str:
         """Human-readable description of the allowed values."""
@@ -93,6 +103,34 @@ class Knob:
         return value
 
 
+def _candidates(values: Mapping[str, Any]) -> int:
+    """C seen by one task: sources + its private + its target + its input."""
+    return (values["num_source_prompts"] + int(values["private_prompts"]) + int(values["attend_target"])
+            + int(values["attend_input"]))
+
+
+_POOL = ("num_source_prompts", "private_prompts", "attend_target", "attend_input")
+
+# When the composed prompt reaches the backbone at all: target_share = 1 is plain prompt
+# tuning, whatever the pool and the router do.
+COMPOSED = derived(lambda v: not (v["add_target"] and _same_number(v["target_share"], 1)),
+                   ("add_target", "target_share"), "target_share is not 1")
+# When router scores weigh the prompts: concat uses unit weights, so nothing is routed.
+ROUTED = COMPOSED & is_none_of("compose_method", "concat")
+# When the temperature schedule changes a score: const scores are all ones.
+TEMPERED = ROUTED & is_none_of("route_method", "const")
+# When top-k keeps fewer candidates than exist: only then do before/after differ.
+SELECTS_FEWER = derived(lambda v: v["num_selected"] != -1 and v["num_selected"] < _candidates(v),
+                        ("num_selected", *_POOL), "num_selected is below the number of candidates")
+# When more than one prompt is concatenated, so their order changes the prompt.
+ORDERS_SEVERAL = derived(lambda v: (_candidates(v) if v["num_selected"] == -1 else v["num_selected"]) > 1,
+                         ("num_selected", *_POOL), "more than one candidate is selected")
+
+
+def _same_number(value: Any, number: float) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == number
+
+
 def knob(default: Any, help: str, kind: str, **spec: Any) -> Any:
     """A dataclass field that documents and constrains one knob."""
     return field(default=default, metadata={"knob": dict(kind=kind, help=help, **spec)})
@@ -106,7 +144,7 @@ class RoutedPromptConfig:
     learning_rate: float = knob(0.05, "AdamW rate of prompts and prompt encoders.",
                                 "float", low=1e-7, high=10.0, log=True)
     router_learning_rate: float = knob(0.05, "AdamW rate of the router logits (its own group).",
-                                       "float", low=1e-7, high=10.0, log=True)
+                                       "float", low=1e-7, high=10.0, log=True, applies=TEMPERED)
     epochs: int = knob(3, "Passes over the training data.", "int", low=1, high=1000)
     batch_size: int = knob(16, "Examples per batch; each batch holds one task.", "int", low=1, high=4096)
     warmup_ratio: float = knob(0.1, "Share of all steps spent in linear warm-up before linear decay.",
@@ -118,15 +156,19 @@ class RoutedPromptConfig:
 
     # --- prompts (section 1) ---
     num_prompt_tokens: int = knob(10, "L: tokens per prompt.", "int", low=1, high=512)
-    num_source_prompts: int = knob(4, "Shared source prompts visible to every task.", "int", low=0, high=256)
-    private_prompts: bool = knob(False, "Add one private prompt per task, visible only to it.", "bool")
+    num_source_prompts: int = knob(4, "Shared source prompts visible to every task.", "int", low=0, high=256,
+                                   applies=COMPOSED)
+    private_prompts: bool = knob(False, "Add one private prompt per task, visible only to it.", "bool",
+                                 applies=COMPOSED)
     attend_target: bool = knob(False, "Add the task's own target prompt (pooled to L tokens) as a candidate.",
-                               "bool")
-    attend_input: bool = knob(False, "Add the input itself (pooled to L tokens) as a candidate.", "bool")
+                               "bool", applies=COMPOSED)
+    attend_input: bool = knob(False, "Add the input itself (pooled to L tokens) as a candidate.", "bool",
+                              applies=COMPOSED)
     prompt_encoder: str = knob("emb", "How a raw LxD parameter becomes a prompt: identity, "
                                "Linear-ReLU-Linear, or bi-LSTM then MLP.", "choice",
                                choices=("emb", "mlp", "lstm"))
-    prompt_encoder_residual: bool = knob(True, "mlp/lstm encoders add their input back (residual).", "bool")
+    prompt_encoder_residual: bool = knob(True, "mlp/lstm encoders add their input back (residual).", "bool",
+                                         applies=is_none_of("prompt_encoder", "emb"))
     init_from_words: bool = knob(False, "Initialise raw prompts from embeddings of real vocabulary tokens "
                                  "instead of random normal.", "bool")
     prompt_position: str = knob("pre", "Insert the prompt before or after the input.", "choice",
@@ -134,44 +176,50 @@ class RoutedPromptConfig:
 
     # --- router (section 2) ---
     route_method: str = knob("rb", "Training scores: relaxed Bernoulli sample, sigmoid, softmax or all ones.",
-                             "choice", choices=("rb", "sigmoid", "softmax", "const"))
+                             "choice", choices=("rb", "sigmoid", "softmax", "const"), applies=ROUTED)
     eval_route_method: str = knob("sigmoid", "Evaluation scores: raw logits, sigmoid, 0/1 sign or rb sample.",
-                                  "choice", choices=("direct", "sigmoid", "sign", "rb"))
+                                  "choice", choices=("direct", "sigmoid", "sign", "rb"), applies=ROUTED)
     apply_softmax_to: str = knob("after", "'before': softmax over all candidates before selection; "
                                  "otherwise how the k selected weights are normalised.", "choice",
-                                 choices=("before", "after", "norm", "normafter", "nothing"))
+                                 choices=("before", "after", "norm", "normafter", "nothing"),
+                                 applies=ROUTED & SELECTS_FEWER)
     num_selected: int = knob(-1, "k: candidates kept by top-k; -1 keeps all.", "int", low=1, high=4096,
-                             specials=(-1,))
+                             specials=(-1,), applies=COMPOSED)
     source_order: str = knob("desc", "Order of the k selected (matters only for cat): strongest first, "
                              "weakest first, or a random permutation each step.", "choice",
-                             choices=("desc", "asc", "rand"))
+                             choices=("desc", "asc", "rand"),
+                             applies=COMPOSED & is_one_of("compose_method", "cat", "concat") & ORDERS_SEVERAL)
     compose_method: str = knob("wavg", "wavg: weighted average (L tokens); cat: weighted concatenation "
                                "(k*L tokens); concat: cat with unit weights.", "choice",
-                               choices=("wavg", "cat", "concat"))
+                               choices=("wavg", "cat", "concat"), applies=COMPOSED)
     add_target: bool = knob(False, "Mix the task's target prompt into the composed prompt.", "bool")
     target_share: float | str | None = knob(None, "g in P <- (1-g)P + g*target: a number in [0, 1] (1 = plain "
                                             "prompt tuning) or 'learned'. Only with add_target; defaults "
                                             "to 0.5 there.", "float", low=0.0, high=1.0,
-                                            specials=("learned",), nullable=True)
+                                            specials=("learned",), nullable=True,
+                                            applies=is_one_of("add_target", True), strict=True)
     target_share_temperature: float = knob(1.0, "Temperature of the relaxed-Bernoulli learned target gate.",
-                                           "float", low=1e-4, high=100.0, log=True)
+                                           "float", low=1e-4, high=100.0, log=True,
+                                           applies=is_one_of("add_target", True)
+                                           & is_one_of("target_share", "learned"))
 
     # --- temperature schedule (section 3) ---
     temperature: float = knob(1.0, "tau_0, the router temperature at step 0.", "float",
-                              low=1e-4, high=100.0, log=True)
+                              low=1e-4, high=100.0, log=True, applies=TEMPERED)
     anneal_dir: int = knob(0, "Direction of annealing: -1 cools, +1 heats, 0 keeps tau constant.",
-                           "choice", choices=(-1, 0, 1))
+                           "choice", choices=(-1, 0, 1), applies=TEMPERED)
     anneal_rate: float | None = knob(None, "r in tau_0*exp(dir*r*step); null picks r so tau changes by "
                                      "a factor e over the whole run.", "float", low=0.0, high=10.0,
-                                     nullable=True)
-    anneal_min: float = knob(1e-3, "Lower clip of tau.", "float", low=1e-6, high=1e4)
-    anneal_max: float = knob(100.0, "Upper clip of tau.", "float", low=1e-6, high=1e4)
+                                     nullable=True, applies=TEMPERED & is_none_of("anneal_dir", 0))
+    anneal_min: float = knob(1e-3, "Lower clip of tau.", "float", low=1e-6, high=1e4, applies=TEMPERED)
+    anneal_max: float = knob(100.0, "Upper clip of tau.", "float", low=1e-6, high=1e4, applies=TEMPERED)
 
     # --- output side ---
     head: str = knob("verbalizer", "Encoder backbones only: frozen verbalizer (default) or an explicit "
                      "trainable linear head.", "choice", choices=("verbalizer", "linear"))
     verbalizer_scale: float = knob(0.05, "Fixed scale dividing the cosine between prompt+input and label "
-                                   "embeddings.", "float", low=1e-4, high=10.0)
+                                   "embeddings.", "float", low=1e-4, high=10.0,
+                                   applies=is_one_of("head", "verbalizer"))
 
     # ------------------------------------------------------------------ API
     @classmethod
@@ -196,9 +244,11 @@ class RoutedPromptConfig:
 
     def check(self, where: str = "config") -> None:
         """Reject contradictory combinations of otherwise valid values."""
-        if self.target_share is not None and not self.add_target:
-            raise InputError(f"{where}: knob 'target_share' is set to {self.target_share!r} but "
-                             f"'add_target' is false; target_share only has a meaning with add_target: true")
+        values = self.to_dict()
+        for name, spec in KNOBS.items():
+            if spec.strict and values[name] != spec.default and not spec.applies_in(values):
+                raise InputError(f"{where}: knob '{name}' is set to {values[name]!r} but it only has a "
+                                 f"meaning when {spec.applies.text}")
         if self.anneal_min > self.anneal_max:
             raise InputError(f"{where}: knob 'anneal_min' ({self.anneal_min:g}) exceeds 'anneal_max' "
                              f"({self.anneal_max:g})")
@@ -225,6 +275,22 @@ class RoutedPromptConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def complete(values: Mapping[str, Any]) -> dict[str, Any]:
+    """``values`` with every knob that is missing at its default (what a condition reads)."""
+    return {**{name: spec.default for name, spec in KNOBS.items()}, **values}
+
+
+def inert_knobs(values: Mapping[str, Any]) -> dict[str, str]:
+    """The knobs that mean nothing in a trial with these values -> the condition they miss.
+
+    ``values`` may be partial (missing knobs are at their defaults). Used by validation (to say
+    which knobs of a space are inert), by search spaces (not to sample them) and by analysis
+    (to mark them not applicable).
+    """
+    full = complete(values)
+    return {name: spec.applies.text for name, spec in KNOBS.items() if not spec.applies_in(full)}
 
 
 def knob_values(trial_config: Mapping[str, Any]) -> dict[str, Any]:
