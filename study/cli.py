@@ -27,6 +27,15 @@ def _validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _schema(args: argparse.Namespace) -> int:
+    import json
+
+    from study.spec import json_schema
+
+    print(json.dumps(json_schema(), indent=2))
+    return 0
+
+
 def _ensure_data(spec) -> None:
     """Make every split of every task readable before training: prepare the offline suite
     if it was never prepared, then stop with the data's InputError (file and row) for any
@@ -113,6 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     command("validate", _validate, "check a study spec and print what it would run").add_argument(
         "spec", help="study spec (YAML)")
+    command("schema", _schema, "print the JSON Schema of a study spec (for an editor's YAML plugin)")
     command("run", _run, "run a study (prepares the offline data first when missing)").add_argument(
         "spec", help="study spec (YAML)")
     command("resume", _resume, "continue an interrupted study from its directory").add_argument(

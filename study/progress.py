@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import math
 import sys
 import time
 from typing import TYPE_CHECKING, TextIO
 
 from ray.tune import Callback
+
+from trainables.results import best
 
 if TYPE_CHECKING:
     from ray.tune.experiment import Trial
@@ -44,12 +45,8 @@ class StudyProgress(Callback):
 
     def best(self, trials: list["Trial"]) -> tuple[float, str] | None:
         """Best last-reported metric over all trials (restored ones included) and its trial id."""
-        scored = [(t.last_result[self.metric], t.trial_id) for t in trials
-                  if isinstance(t.last_result.get(self.metric), (int, float))
-                  and math.isfinite(t.last_result[self.metric])]
-        if not scored:
-            return None
-        return max(scored) if self.mode == "max" else min(scored)
+        found = best(trials, lambda t: t.last_result.get(self.metric), self.mode)
+        return None if found is None else (found[0], found[1].trial_id)
 
     def _line(self, trials: list["Trial"], event: str) -> None:
         finished = {t.trial_id for t in trials if t.status == "TERMINATED"} | self._finished

@@ -8,9 +8,7 @@ directories plus ``study.yaml``, ``optuna.db``, ``mlflow.db``, ``mlartifacts/`` 
 
 from __future__ import annotations
 
-import math
 import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,12 +18,14 @@ import optuna
 from ray.tune.search.optuna import OptunaSearch
 
 from trainables.errors import InputError
-from trainables.routed_prompt.config import KNOBS, knob_values
+from trainables.results import OPTUNA_TRIAL_KEY, REPEAT_INDEX_KEY, best, stopped_early
+from trainables.routed_prompt.config import knob_values
 
+from study.location import Location
 from study.progress import StudyProgress
-from study.spec import StudySpec, is_uri
-from study.tracking import (OPTUNA_TRIAL_KEY, StudyMLflowCallback, artifact_location_for,
-                            ensure_experiment, ensure_parent_run, finish_parent_run)
+from study.spec import StudySpec
+from study.tracking import (StudyMLflowCallback, artifact_location_for, ensure_experiment, ensure_parent_run,
+                            finish_parent_run)
 
 if TYPE_CHECKING:
     from ray.tune import ResultGrid
@@ -40,7 +40,7 @@ class StudyOutcome:
     """What a finished (or interrupted-and-resumed) study produced."""
 
     name: str
-    study_dir: str
+    study_dir: Location
     num_trials: int          # Ray trials (configurations x repeats)
     completed: int           # ended without error (ASHA-stopped trials included)
     stopped_early: int       # completed before the last epoch (stopped by the scheduler)
@@ -113,19 +113,16 @@ class StudyOptunaSearch(OptunaSearch):
         return config
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
-        if error or not result or trial_id in self._completed_trials or not _stopped_early(result):
+        if error or not result or trial_id in self._completed_trials or not stopped_early(
+                _flat_config(result), result):
             return super().on_trial_complete(trial_id, result=result, error=error)
         self._ot_study.tell(self._ot_trials[trial_id], state=optuna.trial.TrialState.PRUNED)
         self._completed_trials.add(trial_id)
 
 
-def _stopped_early(result: dict) -> bool:
-    """A trial's last result came before its last epoch (Tune marks scheduler stops ``done`` too).
-
-    Searchers get results flattened (``config/epochs``); ResultGrid keeps ``config`` nested.
-    """
-    epochs = result.get("config/epochs", result.get("config", {}).get("epochs", KNOBS["epochs"].default))
-    return result.get("training_iteration", epochs) < epochs
+def _flat_config(result: dict) -> dict:
+    """The config inside a result as searchers get it: flattened (``config/epochs``)."""
+    return {key.removeprefix("config/"): value for key, value in result.items() if key.startswith("config/")}
 
 
 def optuna_storage(url: str):
@@ -142,7 +139,7 @@ def make_search_alg(spec: "StudySpec"):
         space=spec.space.define_by_run, sampler=spec.make_sampler(), metric=spec.metric, mode=spec.mode,
         storage=optuna_storage(spec.optuna_storage), study_name=spec.optuna_study_name)
     if spec.repeats > 1:
-        # Every repeat gets config["__trial_index__"] (added to the seed by the trainable);
+        # Every repeat gets config[REPEAT_INDEX_KEY] (added to the seed by the trainable);
         # Optuna sees one trial per configuration, told the mean over repeats.
         searcher = Repeater(searcher, repeat=spec.repeats)
     return searcher
@@ -167,45 +164,11 @@ def wrap_trainable(spec: "StudySpec", trainable: Callable | None):
     return tune.with_resources(tune.with_parameters(trainable, setup=spec.setup), resources)
 
 
-def _storage_path(spec: "StudySpec") -> str:
-    return str(spec.storage) if is_uri(spec.storage) else os.path.abspath(spec.storage)
-
-
-def _study_dir(spec: "StudySpec") -> str:
-    return str(spec.study_dir) if is_uri(spec.study_dir) else os.path.abspath(spec.study_dir)
-
-
-def _write_spec(spec: "StudySpec", study_dir: str) -> None:
-    """``<study_dir>/study.yaml``: the resolved spec that ``resume`` reads back."""
-    if not is_uri(study_dir):
-        Path(study_dir).mkdir(parents=True, exist_ok=True)
-        spec.dump(Path(study_dir) / SPEC_FILE)
-        return
-    import pyarrow.fs
-
-    fs, root = pyarrow.fs.FileSystem.from_uri(study_dir)
-    fs.create_dir(root, recursive=True)
-    with tempfile.TemporaryDirectory() as tmp:
-        spec.dump(Path(tmp) / SPEC_FILE)
-        with fs.open_output_stream(f"{root}/{SPEC_FILE}") as out:
-            out.write((Path(tmp) / SPEC_FILE).read_bytes())
-
-
-def _read_spec(study_dir: str) -> StudySpec:
-    if not is_uri(study_dir):
-        path = Path(study_dir) / SPEC_FILE
-        if not path.is_file():
-            raise InputError(f"{study_dir}: not a study directory (no {SPEC_FILE}); "
-                             f"start a study with `routed-study run SPEC`")
-        return StudySpec.load(path)
-    import pyarrow.fs
-
-    fs, root = pyarrow.fs.FileSystem.from_uri(study_dir)
-    if fs.get_file_info(f"{root}/{SPEC_FILE}").type != pyarrow.fs.FileType.File:
-        raise InputError(f"{study_dir}: not a study directory (no {SPEC_FILE})")
-    with tempfile.TemporaryDirectory() as tmp, fs.open_input_stream(f"{root}/{SPEC_FILE}") as src:
-        (Path(tmp) / SPEC_FILE).write_bytes(src.read())
-        return StudySpec.load(Path(tmp) / SPEC_FILE)
+def _read_spec(study_dir: Location) -> StudySpec:
+    if not (study_dir / SPEC_FILE).is_file():
+        raise InputError(f"{study_dir}: not a study directory (no {SPEC_FILE}); "
+                         f"start a study with `routed-study run SPEC`")
+    return StudySpec.load(study_dir / SPEC_FILE)
 
 
 def _ensure_ray(address: str | None) -> bool:
@@ -222,7 +185,7 @@ def _ensure_ray(address: str | None) -> bool:
     return True
 
 
-def _tracking(spec: "StudySpec", study_dir: str) -> tuple[str, str]:
+def _tracking(spec: "StudySpec", study_dir: Location) -> tuple[str, str]:
     """Create (or find) the study's MLflow experiment and parent run; return their ids."""
     experiment_id = ensure_experiment(spec.mlflow_tracking_uri, spec.name, artifact_location_for(study_dir))
     params = {f"setup.{k}": v for k, v in spec.setup.to_dict().items()}
@@ -242,7 +205,7 @@ def build_tuner(spec: "StudySpec", trainable: Callable | None = None):
     from ray import tune
     from ray.tune import CheckpointConfig, FailureConfig, RunConfig, TuneConfig, Tuner
 
-    study_dir = _study_dir(spec)
+    study_dir = spec.study_dir
     callbacks = [
         StudyMLflowCallback(spec.mlflow_tracking_uri, spec.name, artifact_location_for(study_dir)),
         StudyProgress(spec.name, total=spec.num_samples, metric=spec.metric, mode=spec.mode),
@@ -257,7 +220,7 @@ def build_tuner(spec: "StudySpec", trainable: Callable | None = None):
             # worker costs seconds, as much as a short trial's epoch.
             reuse_actors=True, trial_dirname_creator=trial_dirname),
         run_config=RunConfig(
-            name=spec.name, storage_path=_storage_path(spec), callbacks=callbacks, verbose=0,
+            name=spec.name, storage_path=str(spec.storage), callbacks=callbacks, verbose=0,
             failure_config=FailureConfig(max_failures=spec.max_failures),
             sync_config=tune.SyncConfig(sync_artifacts=True),
             checkpoint_config=CheckpointConfig(num_to_keep=CHECKPOINTS_KEPT)),
@@ -269,11 +232,11 @@ def run_study(spec: "StudySpec", trainable: Callable | None = None) -> StudyOutc
     from ray.tune import Tuner
 
     start = time.monotonic()
-    study_dir = _study_dir(spec)
-    if Tuner.can_restore(study_dir):
+    study_dir = spec.study_dir
+    if Tuner.can_restore(str(study_dir)):
         raise InputError(f"{study_dir}: a study named '{spec.name}' already ran there; resume it with "
                          f"`routed-study resume {study_dir}` or choose another name")
-    _write_spec(spec, study_dir)
+    spec.dump(study_dir / SPEC_FILE)  # the resolved spec that `resume` reads back
     started_ray = _ensure_ray(spec.cluster_address)
     try:
         _, parent_run_id = _tracking(spec, study_dir)
@@ -286,7 +249,7 @@ def run_study(spec: "StudySpec", trainable: Callable | None = None) -> StudyOutc
             ray.shutdown()
 
 
-def resume_study(study_dir: str | Path, trainable: Callable | None = None) -> StudyOutcome:
+def resume_study(study_dir: str | Path | Location, trainable: Callable | None = None) -> StudyOutcome:
     """Continue an interrupted study: unfinished and errored trials resume from their checkpoints.
 
     Optuna continues from ``optuna.db`` (its pending trials stay the same trials) and
@@ -295,15 +258,15 @@ def resume_study(study_dir: str | Path, trainable: Callable | None = None) -> St
     from ray.tune import Tuner
 
     start = time.monotonic()
-    study_dir = str(study_dir) if is_uri(study_dir) else os.path.abspath(study_dir)
+    study_dir = Location(study_dir)
     spec = _read_spec(study_dir)
-    if not Tuner.can_restore(study_dir):
+    if not Tuner.can_restore(str(study_dir)):
         raise InputError(f"{study_dir}: no Ray Tune experiment state to resume (tuner.pkl missing); "
                          f"run the study with `routed-study run`")
     started_ray = _ensure_ray(spec.cluster_address)
     try:
         _, parent_run_id = _tracking(spec, study_dir)
-        tuner = Tuner.restore(study_dir, trainable=wrap_trainable(spec, trainable), resume_errored=True)
+        tuner = Tuner.restore(str(study_dir), trainable=wrap_trainable(spec, trainable), resume_errored=True)
         return _fit_and_finish(spec, tuner, study_dir, parent_run_id, start)
     finally:
         if started_ray:
@@ -312,7 +275,8 @@ def resume_study(study_dir: str | Path, trainable: Callable | None = None) -> St
             ray.shutdown()
 
 
-def _fit_and_finish(spec: "StudySpec", tuner, study_dir: str, parent_run_id: str, start: float) -> StudyOutcome:
+def _fit_and_finish(spec: "StudySpec", tuner, study_dir: Location, parent_run_id: str,
+                    start: float) -> StudyOutcome:
     # Keeping CHECKPOINTS_KEPT checkpoints makes Tune snapshot the experiment state after
     # each trial's second checkpoint, by design; its warning about that is noise here.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
@@ -334,45 +298,36 @@ def _fit_and_finish(spec: "StudySpec", tuner, study_dir: str, parent_run_id: str
     return outcome
 
 
-def summarise(spec: "StudySpec", results: "ResultGrid", study_dir: str, parent_run_id: str,
+def summarise(spec: "StudySpec", results: "ResultGrid", study_dir: Location, parent_run_id: str,
               fit_time: float, fit_started_at: float) -> StudyOutcome:
     """Counts and the best trial (by its last reported metric, errored trials excluded)."""
-    best = None
-    stopped_early = 0
-    for result in results:
-        if result.error is not None:
-            continue
-        metrics = result.metrics or {}
-        if _stopped_early({**metrics, "config": result.config}):
-            stopped_early += 1
-        value = metrics.get(spec.metric)
-        if not isinstance(value, (int, float)) or not math.isfinite(value):
-            continue
-        if best is None or (value > best[0] if spec.mode == "max" else value < best[0]):
-            best = (float(value), result)
+    ended = [r for r in results if r.error is None]
+    best_ = best(ended, lambda r: (r.metrics or {}).get(spec.metric), spec.mode)
     return StudyOutcome(
         name=spec.name, study_dir=study_dir, num_trials=len(results), completed=results.num_terminated,
-        stopped_early=stopped_early, errored=results.num_errors,
+        stopped_early=sum(stopped_early(r.config or {}, r.metrics or {}) for r in ended),
+        errored=results.num_errors,
         unfinished=len(results) - results.num_terminated - results.num_errors,
-        best_score=None if best is None else best[0],
-        best_config=None if best is None else knob_values(best[1].config),
-        best_trial_id=None if best is None else best[1].metrics.get("trial_id"),
+        best_score=None if best_ is None else best_[0],
+        best_config=None if best_ is None else knob_values(best_[1].config),
+        best_trial_id=None if best_ is None else best_[1].metrics.get("trial_id"),
         wall_time_s=0.0, fit_time_s=fit_time, fit_started_at=fit_started_at, tracking_uri=spec.mlflow_tracking_uri,
         parent_run_id=parent_run_id, results=results)
 
 
-def _write_report(spec: "StudySpec", study_dir: str) -> dict[str, Path]:
+def _write_report(spec: "StudySpec", study_dir: Location) -> dict[str, Path]:
     """The analysis report of the finished study; a failing report never loses the study's results.
 
-    A study on remote storage (s3://...) is analysed from its MLflow runs, into
-    ``./reports/<name>`` on the driver.
+    A study on remote storage (s3://...) is analysed from its MLflow runs (the analysis reads
+    local trial directories only), into ``spec.report_dir()`` on the driver.
     """
     from analysis.report import build_report
 
-    if is_uri(study_dir):
-        source, experiment, out_dir = spec.mlflow_tracking_uri, spec.name, Path("reports", spec.name).absolute()
+    out_dir = spec.report_dir().path
+    if study_dir.is_local:
+        source, experiment = str(study_dir), None
     else:
-        source, experiment, out_dir = study_dir, None, Path(study_dir) / "report"
+        source, experiment = spec.mlflow_tracking_uri, spec.name
     try:
         paths = build_report(source, out_dir, target=spec.metric, mode=spec.mode, experiment=experiment)
     except InputError as exc:  # e.g. too few completed trials to analyse

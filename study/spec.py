@@ -1,19 +1,9 @@
 """A study spec: one YAML file that says what to train, what to search and where to write.
 
-Schema (every key optional unless marked; unknown keys are errors)::
-
-    name: demo                          # required; letters, digits, . _ -
-    backbone: {name: minilm, family: auto, max_length: 64}
-    data: {dir: data, tasks: [...] (required), train_per_task: 200, eval_per_task: 200, split_seed: 0}
-    space: {name: findings, override: {knob: distribution}, fixed: {knob: value}}
-    search: {algorithm: tpe | random | grid, seed: 0}
-    scheduler: {name: asha | none, grace_period: 1, reduction_factor: 2}
-    trials: {num: 10, concurrency: 1, repeats: 1, max_failures: 0}
-    resources: {cpus: 1, gpus: 0}
-    cluster: false | true | "ray://host:10001"
-    metric: {name: score, mode: max}
-    storage: {dir: studies, mlflow_tracking_uri: null, optuna_storage: null}
-    report: true
+The schema is :class:`StudyFile` below: pydantic models whose nesting mirrors the YAML,
+every key with its type, default, bounds and help. Unknown keys are errors; a key given as
+null takes its default. ``routed-study schema`` prints it as JSON Schema (for an editor's
+YAML plugin); ``dump`` writes a resolved spec from it.
 
 Decisions worth knowing:
 
@@ -29,79 +19,191 @@ Decisions worth knowing:
   of a configuration and bias its average (Ray's Repeater advises the same).
 - Resources are checked against this machine unless ``cluster`` is set (true means
   ``ray.init(address="auto")``; a string is the address).
-- Overrides: ``{low, high[, log]}`` (float knob), ``{low, high[, step]}`` (int knob),
-  ``{choices: [...]}`` or a bare list, each with optional ``when: {knob: values}``.
+- ``plugins`` are imported before anything else is checked, so a plugin's route methods,
+  encoders or spaces are valid names in the rest of the spec (and on every Ray worker).
 """
 
 from __future__ import annotations
 
-import dataclasses
+import importlib
 import math
 import os
 import re
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Literal
 
 import yaml
+from pydantic import Field
 
 from search_spaces import SearchSpace, get_space
-from trainables.errors import InputError, did_you_mean, format_choices
-from trainables.setup import TrialSetup
+from study.location import Location, is_uri
+from trainables.errors import InputError, did_you_mean
+from trainables.routed_prompt.config import KNOBS
+from trainables.schema import Section, parse
+from trainables.setup import BACKBONE_FAMILIES, TrialSetup
 
 SEARCH_ALGORITHMS = ("tpe", "random", "grid")
 SCHEDULERS = ("asha", "none")
 MODES = ("max", "min")
-_REQUIRED = object()
-_SETUP_DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrialSetup) if f.name != "tasks"}
-
-# section -> allowed keys (order is the order `dump` writes and errors list them in)
-SCHEMA: dict[str, tuple[str, ...]] = {
-    "name": (),
-    "backbone": ("name", "family", "max_length"),
-    "data": ("dir", "tasks", "train_per_task", "eval_per_task", "split_seed"),
-    "space": ("name", "override", "fixed"),
-    "search": ("algorithm", "seed"),
-    "scheduler": ("name", "grace_period", "reduction_factor"),
-    "trials": ("num", "concurrency", "repeats", "max_failures"),
-    "resources": ("cpus", "gpus"),
-    "cluster": (),
-    "metric": ("name", "mode"),
-    "storage": ("dir", "mlflow_tracking_uri", "optuna_storage"),
-    "report": (),
-}
+#: Trials of a random or TPE search when ``trials.num`` is not given.
+DEFAULT_NUM_TRIALS = 10
+__all__ = ["StudyFile", "StudySpec", "is_uri"]
 
 
-@dataclass
+def _setup_field(name: str, **changes: Any) -> Any:
+    """The spec key that sets TrialSetup's field ``name``: its default, bounds and help."""
+    return type(TrialSetup.model_fields[name]).merge_field_infos(TrialSetup.model_fields[name], **changes)
+
+
+# ------------------------------------------------------------------ the schema
+class Backbone(Section):
+    """The frozen model every trial trains its prompts on."""
+
+    name: str = _setup_field("backbone")
+    family: str = _setup_field("backbone_family", json_schema_extra={"enum": list(BACKBONE_FAMILIES)})
+    max_length: int = _setup_field("max_length")
+
+
+class Data(Section):
+    """The tasks and how many examples of each."""
+
+    dir: str = _setup_field("data_dir", description="Where `routed-study data prepare` wrote the suite "
+                                                    "(relative to the working directory).")
+    tasks: list[str] = _setup_field("tasks")
+    train_per_task: int = _setup_field("train_per_task")
+    eval_per_task: int = _setup_field("eval_per_task")
+    split_seed: int = _setup_field("split_seed")
+
+
+class Space(Section):
+    """A registered search space, with knobs re-distributed (override) or fixed."""
+
+    name: str = Field("findings", description="A registered search space: core, findings, original_grid "
+                                              "or one a plugin registers.")
+    override: dict[str, Any] = Field(default_factory=dict, json_schema_extra={"propertyNames": {"enum": list(KNOBS)}},
+                                     description="knob -> {low, high[, log][, step]}, {choices: [...]} or a "
+                                                 "list, each with optional when: {knob: values}.")
+    fixed: dict[str, Any] = Field(default_factory=dict, json_schema_extra={"propertyNames": {"enum": list(KNOBS)}},
+                                  description="knob -> the value every trial uses.")
+
+
+class Search(Section):
+    algorithm: Literal[SEARCH_ALGORITHMS] = Field("tpe", description="Optuna's sampler.")
+    seed: int = Field(0, ge=0)
+
+
+class Scheduler(Section):
+    name: Literal[SCHEDULERS] = Field("asha", description="asha stops poor trials early; none runs every epoch.")
+    grace_period: int = Field(1, ge=1, description="Epochs before ASHA may stop a trial.")
+    reduction_factor: float = Field(2.0, gt=1)
+
+
+class Trials(Section):
+    num: int | None = Field(None, ge=1, description=f"Distinct configurations; default: the grid size "
+                                                    f"with algorithm grid, else {DEFAULT_NUM_TRIALS}.")
+    concurrency: int = Field(1, ge=1, description="Trials at a time.")
+    repeats: int = Field(1, ge=1, description="Seeds per configuration (needs scheduler: none when > 1).")
+    max_failures: int = Field(0, ge=0, description="Retries of an errored trial.")
+
+
+class Resources(Section):
+    cpus: float = Field(1.0, gt=0, description="CPUs per trial.")
+    gpus: float = Field(0.0, ge=0, description="GPUs per trial.")
+
+
+class Metric(Section):
+    name: str = Field("score", description="score, train_loss, val/<task> or val/<task>/<metric>.")
+    mode: Literal[MODES] = "max"
+
+
+class Storage(Section):
+    dir: str = Field("studies", description="A directory (relative to the working directory) or a URI "
+                                            "such as s3://bucket/studies.")
+    mlflow_tracking_uri: str | None = Field(None, description="Default: sqlite in the study directory.")
+    optuna_storage: str | None = Field(None, description="An RDB URL; default: sqlite in the study directory.")
+
+
+class StudyFile(Section):
+    """The YAML of a study spec, section by section."""
+
+    unknown_key_word = "section"
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
+                      description="letters, digits, '.', '_' or '-' (it names a directory)")
+    plugins: list[str] = Field(default_factory=list, description=(
+        "Modules to import first (driver and every Ray worker); what they register is valid below."))
+    backbone: Backbone = Field(default_factory=Backbone)
+    data: Data
+    space: Space = Field(default_factory=Space)
+    search: Search = Field(default_factory=Search)
+    scheduler: Scheduler = Field(default_factory=Scheduler)
+    trials: Trials = Field(default_factory=Trials)
+    resources: Resources = Field(default_factory=Resources)
+    cluster: bool | str = Field(False, description='true: ray.init(address="auto"); a string: that address.')
+    metric: Metric = Field(default_factory=Metric)
+    storage: Storage = Field(default_factory=Storage)
+    report: bool = Field(True, description="Write the analysis report when the study ends.")
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema of a spec file (``routed-study schema``)."""
+    schema = StudyFile.model_json_schema()
+    schema["title"] = "routed-study spec"
+    return schema
+
+
+def _alias(dotted: str) -> property:
+    parts = dotted.split(".")
+
+    def get(self: "StudySpec") -> Any:
+        value: Any = self.file
+        for part in parts:
+            value = getattr(value, part)
+        return value
+
+    return property(get, doc=f"``{dotted}`` of the resolved spec.")
+
+
+# ------------------------------------------------------------------ the resolved study
 class StudySpec:
-    """A validated study: every field resolved (absolute paths, URIs filled in)."""
+    """A validated study: the resolved file (absolute paths, URIs and trial count filled in),
+    the trial setup and the search space built from it."""
 
-    name: str
-    setup: TrialSetup
-    space: SearchSpace
-    search_algorithm: str = "tpe"
-    search_seed: int = 0
-    scheduler: str = "asha"
-    grace_period: int = 1
-    reduction_factor: float = 2.0
-    num_trials: int = 10           # distinct configurations; see num_samples
-    concurrency: int = 1
-    repeats: int = 1
-    max_failures: int = 0          # Ray FailureConfig: retries of an errored trial
-    cpus_per_trial: float = 1.0
-    gpus_per_trial: float = 0.0
-    cluster_address: str | None = None   # None: a local Ray; else ray.init(address=...)
-    metric: str = "score"
-    mode: str = "max"
-    storage: Path | str = Path("studies").absolute()   # a local directory, or a URI (s3://...)
-    mlflow_tracking_uri: str = ""
-    optuna_storage: str = ""
-    optuna_study_name: str = ""
-    report: bool = True
+    def __init__(self, file: StudyFile, setup: TrialSetup, space: SearchSpace):
+        self.file, self.setup, self.space = file, setup, space
+
+    name = _alias("name")
+    plugins = _alias("plugins")
+    search_algorithm = _alias("search.algorithm")
+    search_seed = _alias("search.seed")
+    scheduler = _alias("scheduler.name")
+    grace_period = _alias("scheduler.grace_period")
+    reduction_factor = _alias("scheduler.reduction_factor")
+    num_trials = _alias("trials.num")            # distinct configurations; see num_samples
+    concurrency = _alias("trials.concurrency")
+    repeats = _alias("trials.repeats")
+    max_failures = _alias("trials.max_failures")  # Ray FailureConfig: retries of an errored trial
+    cpus_per_trial = _alias("resources.cpus")
+    gpus_per_trial = _alias("resources.gpus")
+    metric = _alias("metric.name")
+    mode = _alias("metric.mode")
+    mlflow_tracking_uri = _alias("storage.mlflow_tracking_uri")
+    optuna_storage = _alias("storage.optuna_storage")
+    optuna_study_name = _alias("name")
+    report = _alias("report")
 
     @property
-    def study_dir(self) -> Path | str:
-        return self.storage / self.name if isinstance(self.storage, Path) else f"{self.storage}/{self.name}"
+    def cluster_address(self) -> str | None:
+        """None: a local Ray; else ``ray.init(address=...)``."""
+        return ("auto" if self.file.cluster is True else self.file.cluster) or None
+
+    @property
+    def storage(self) -> Location:
+        return Location(self.file.storage.dir)
+
+    @property
+    def study_dir(self) -> Location:
+        return self.storage / self.name
 
     @property
     def num_samples(self) -> int:
@@ -130,99 +232,49 @@ class StudySpec:
     def from_dict(cls, raw: Any, file: str = "spec") -> "StudySpec":
         """Validate a parsed spec; ``file`` names it in errors ("<file>: key 'a.b': ...")."""
         try:
-            return cls._from_dict(raw, file)
+            return cls._resolve(raw, file)
         except InputError as exc:
             message = str(exc)
             raise InputError(message if message.startswith(f"{file}:") else f"{file}: {message}") from None
 
     @classmethod
-    def _from_dict(cls, raw: Any, file: str) -> "StudySpec":
-        if not isinstance(raw, Mapping):
-            raise InputError(f"{file}: a spec is a mapping of sections ({', '.join(SCHEMA)}), "
+    def _resolve(cls, raw: Any, file: str) -> "StudySpec":
+        if not isinstance(raw, dict):
+            raise InputError(f"{file}: a spec is a mapping of sections ({', '.join(StudyFile.model_fields)}), "
                              f"got {type(raw).__name__}")
-        r = _Reader(raw)
-        r.reject_unknown()
-        name = r.get("name", str)
-        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
-            raise InputError(f"key 'name': {name!r} must be letters, digits, '.', '_' or '-' (it names a directory)")
+        given = parse(StudyFile, raw, file)
+        _import_plugins(given.plugins, where="key 'plugins'")
+        b, d = given.backbone, given.data
+        setup = TrialSetup.from_dict({
+            "backbone": b.name, "backbone_family": b.family, "max_length": b.max_length,
+            "data_dir": str(Path(d.dir).expanduser().absolute()), "tasks": d.tasks,
+            "train_per_task": d.train_per_task, "eval_per_task": d.eval_per_task, "split_seed": d.split_seed,
+            "plugins": given.plugins}, where=file)
 
-        setup_values = {
-            "backbone": r.get("backbone.name", str, _SETUP_DEFAULTS["backbone"]),
-            "backbone_family": r.get("backbone.family", str, _SETUP_DEFAULTS["backbone_family"]),
-            "max_length": r.get("backbone.max_length", int, _SETUP_DEFAULTS["max_length"], low=1),
-            "data_dir": str(Path(r.get("data.dir", str, _SETUP_DEFAULTS["data_dir"])).expanduser().absolute()),
-            "tasks": tuple(r.get("data.tasks", list)),
-            "train_per_task": r.get("data.train_per_task", int, _SETUP_DEFAULTS["train_per_task"], low=1),
-            "eval_per_task": r.get("data.eval_per_task", int, _SETUP_DEFAULTS["eval_per_task"], low=1),
-            "split_seed": r.get("data.split_seed", int, _SETUP_DEFAULTS["split_seed"], low=0),
-        }
-        setup = TrialSetup(**setup_values)
-        setup.check(file)
-
-        space = get_space(r.get("space.name", str, "findings"), where="key 'space.name'")
-        space = space.customise(r.get("space.override", dict, {}), r.get("space.fixed", dict, {}),
-                                where="space")
-
-        algorithm = r.get("search.algorithm", str, "tpe", choices=SEARCH_ALGORITHMS)
-        grid = space.grid()
-        if algorithm == "grid" and grid is None:
-            raise InputError(f"key 'search.algorithm': grid needs a space of unconditional choices only; "
-                             f"space '{space.name}' has ranges or conditions (use tpe/random, or give every "
-                             f"searched knob 'choices' without 'when')")
-        grid_size = math.prod(len(v) for v in grid.values()) if grid else None
-        num_trials = r.get("trials.num", int, grid_size if algorithm == "grid" else 10, low=1)
-        if algorithm == "grid" and num_trials > grid_size:
-            raise InputError(f"key 'trials.num': {num_trials} exceeds the grid's {grid_size} points")
-        if not space.parameters() and num_trials > 1:
-            raise InputError(f"key 'trials.num': space '{space.name}' searches nothing (every knob fixed), "
-                             f"so all {num_trials} configurations would be identical; set trials.num: 1 "
-                             f"and use trials.repeats for seeds")
-        scheduler = r.get("scheduler.name", str, "asha", choices=SCHEDULERS)
-        repeats = r.get("trials.repeats", int, 1, low=1)
-        if repeats > 1 and scheduler == "asha":
+        space = get_space(given.space.name, where="key 'space.name'")
+        space = space.customise(given.space.override, given.space.fixed, where="space")
+        num_trials = _num_trials(given, space)
+        if given.trials.repeats > 1 and given.scheduler.name == "asha":
             raise InputError("key 'trials.repeats': repeats > 1 needs scheduler: none (ASHA would stop some "
                              "repeats of a configuration early and bias its average)")
-        cluster = r.get("cluster", (bool, str), False)
-        spec = cls(
-            name=name, setup=setup, space=space, search_algorithm=algorithm,
-            search_seed=r.get("search.seed", int, 0, low=0),
-            scheduler=scheduler,
-            grace_period=r.get("scheduler.grace_period", int, 1, low=1),
-            reduction_factor=float(r.get("scheduler.reduction_factor", (int, float), 2.0, above=1)),
-            num_trials=num_trials,
-            concurrency=r.get("trials.concurrency", int, 1, low=1),
-            repeats=repeats,
-            max_failures=r.get("trials.max_failures", int, 0, low=0),
-            cpus_per_trial=float(r.get("resources.cpus", (int, float), 1.0, above=0)),
-            gpus_per_trial=float(r.get("resources.gpus", (int, float), 0.0, low=0)),
-            cluster_address=("auto" if cluster is True else cluster) or None,
-            metric=r.get("metric.name", str, "score"),
-            mode=r.get("metric.mode", str, "max", choices=MODES),
-            storage=_storage(r.get("storage.dir", str, "studies")),
-            report=r.get("report", bool, True),
-        )
-        spec.mlflow_tracking_uri = spec._store_uri(r, "mlflow_tracking_uri", "mlflow.db")
-        spec.optuna_storage = spec._store_uri(r, "optuna_storage", "optuna.db")
-        spec.optuna_study_name = name
+        storage = Location(given.storage.dir)
+        study_dir = storage / given.name
+        resolved = given.model_copy(update={
+            "data": d.model_copy(update={"dir": setup.data_dir}),
+            "space": Space.model_validate(space.to_spec()),
+            "trials": given.trials.model_copy(update={"num": num_trials}),
+            "storage": Storage(dir=str(storage),
+                               mlflow_tracking_uri=_store_uri(given.storage, "mlflow_tracking_uri", study_dir,
+                                                              "mlflow.db"),
+                               optuna_storage=_store_uri(given.storage, "optuna_storage", study_dir, "optuna.db")),
+        })
+        spec = cls(resolved, setup, space)
         spec._check_metric()
         spec._check_schedule()
         spec._check_resources()
-        if isinstance(spec.storage, Path):
-            _check_writable(spec.storage, "storage.dir")
+        if storage.is_local:
+            _check_writable(storage.path, "storage.dir")
         return spec
-
-    def _store_uri(self, r: "_Reader", key: str, filename: str) -> str:
-        """The URI at storage.<key>, or a sqlite file in the study directory when it is null."""
-        value = r.get(f"storage.{key}", (str, type(None)), None)
-        if value is None:
-            if not isinstance(self.storage, Path):
-                raise InputError(f"key 'storage.{key}': required when storage.dir is a URI "
-                                 f"({self.storage}): a sqlite file needs a local directory")
-            return f"sqlite:///{self.study_dir / filename}"
-        if not is_uri(value):
-            raise InputError(f"key 'storage.{key}': {value!r} is not a URI (e.g. sqlite:////abs/path.db, "
-                             f"postgresql://host/db, http://host:5000)")
-        return value
 
     # ---------------------------------------------------------- semantic checks
     def _check_metric(self) -> None:
@@ -273,37 +325,15 @@ class StudySpec:
         params = self.space.parameters()
         if "epochs" in params:
             return int(max(params["epochs"].possible_values()))
-        from trainables.routed_prompt.config import KNOBS
-
         return int(KNOBS["epochs"].default)
 
     def to_dict(self) -> dict[str, Any]:
         """The resolved spec in YAML form; ``from_dict`` of it gives this spec back."""
-        return {
-            "name": self.name,
-            "backbone": {"name": self.setup.backbone, "family": self.setup.backbone_family,
-                         "max_length": self.setup.max_length},
-            "data": {"dir": self.setup.data_dir, "tasks": list(self.setup.tasks),
-                     "train_per_task": self.setup.train_per_task, "eval_per_task": self.setup.eval_per_task,
-                     "split_seed": self.setup.split_seed},
-            "space": self.space.to_spec(),
-            "search": {"algorithm": self.search_algorithm, "seed": self.search_seed},
-            "scheduler": {"name": self.scheduler, "grace_period": self.grace_period,
-                          "reduction_factor": self.reduction_factor},
-            "trials": {"num": self.num_trials, "concurrency": self.concurrency, "repeats": self.repeats,
-                       "max_failures": self.max_failures},
-            "resources": {"cpus": self.cpus_per_trial, "gpus": self.gpus_per_trial},
-            "cluster": self.cluster_address or False,
-            "metric": {"name": self.metric, "mode": self.mode},
-            "storage": {"dir": str(self.storage), "mlflow_tracking_uri": self.mlflow_tracking_uri,
-                        "optuna_storage": self.optuna_storage},
-            "report": self.report,
-        }
+        return self.file.model_dump(mode="json")
 
-    def dump(self, path: str | Path) -> Path:
+    def dump(self, path: str | Path | Location) -> Location:
         """Write the resolved spec (``<study_dir>/study.yaml``; ``resume`` reads it back)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path = Location(path)
         path.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
         return path
 
@@ -313,7 +343,7 @@ class StudySpec:
         doc = (self.space.__doc__ or "").strip().splitlines()[0]
         searched = len(self.space.parameters())
         return [
-            f"study '{self.name}'",
+            f"study '{self.name}'" + (f" (plugins: {', '.join(self.plugins)})" if self.plugins else ""),
             f"  backbone: {s.backbone} ({s.backbone_family}), max_length {s.max_length}",
             f"  tasks: {', '.join(s.tasks)}  (train {s.train_per_task}, eval {s.eval_per_task} per task, "
             f"split seed {s.split_seed}, data in {s.data_dir})",
@@ -330,8 +360,58 @@ class StudySpec:
             f"study directory: {self.study_dir}",
             f"MLflow tracking: {self.mlflow_tracking_uri}",
             f"Optuna storage: {self.optuna_storage} (study '{self.optuna_study_name}')",
-            f"report: {'written to ' + str(self.study_dir / 'report') if self.report else 'off'}",
+            f"report: {'written to ' + str(self.report_dir()) if self.report else 'off'}",
         ]
+
+    def report_dir(self) -> Location:
+        """Where the runner writes the report: beside the results, or ./reports/<name> for remote storage."""
+        return self.study_dir / "report" if self.study_dir.is_local else Location(Path("reports", self.name))
+
+
+def _num_trials(given: StudyFile, space: SearchSpace) -> int:
+    """``trials.num``, checked against the space: the grid size by default with grid search."""
+    algorithm = given.search.algorithm
+    grid = space.grid()
+    if algorithm == "grid" and grid is None:
+        raise InputError(f"key 'search.algorithm': grid needs a space of unconditional choices only; "
+                         f"space '{space.name}' has ranges or conditions (use tpe/random, or give every "
+                         f"searched knob 'choices' without 'when')")
+    grid_size = math.prod(len(v) for v in grid.values()) if grid else None
+    num_trials = given.trials.num or (grid_size if algorithm == "grid" else DEFAULT_NUM_TRIALS)
+    if algorithm == "grid" and num_trials > grid_size:
+        raise InputError(f"key 'trials.num': {num_trials} exceeds the grid's {grid_size} points")
+    if not space.parameters() and num_trials > 1:
+        raise InputError(f"key 'trials.num': space '{space.name}' searches nothing (every knob fixed), "
+                         f"so all {num_trials} configurations would be identical; set trials.num: 1 "
+                         f"and use trials.repeats for seeds")
+    return num_trials
+
+
+def _store_uri(storage: Storage, key: str, study_dir: Location, filename: str) -> str:
+    """The URI at storage.<key>, or a sqlite file in the study directory when it is not given."""
+    value = getattr(storage, key)
+    if value is None:
+        if not study_dir.is_local:
+            raise InputError(f"key 'storage.{key}': required when storage.dir is a URI "
+                             f"({storage.dir.rstrip('/')}): a sqlite file needs a local directory")
+        return f"sqlite:///{study_dir / filename}"
+    if not is_uri(value):
+        raise InputError(f"key 'storage.{key}': {value!r} is not a URI (e.g. sqlite:////abs/path.db, "
+                         f"postgresql://host/db, http://host:5000)")
+    return value
+
+
+def _import_plugins(names: list[str], where: str) -> None:
+    """Import each plugin module (what it registers becomes a valid name).
+
+    Stand-in for ``trainables.plugins.load_plugins`` (issue 13 item 2), swapped at merge.
+    """
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except Exception as exc:  # a plugin's own bug or a missing module: say which plugin
+            raise InputError(f"{where}: plugin {name!r} does not import: "
+                             f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
 
 
 def _ask_tell_grid_sampler():
@@ -351,59 +431,6 @@ def _ask_tell_grid_sampler():
     return AskTellGridSampler
 
 
-class _Reader:
-    """Typed access to the nested YAML mapping, checked against SCHEMA."""
-
-    def __init__(self, raw: Mapping[str, Any]):
-        self.raw = raw
-
-    def get(self, key: str, kind: type | tuple, default: Any = _REQUIRED, *, choices=None,
-            low: float | None = None, above: float | None = None) -> Any:
-        section, _, leaf = key.rpartition(".")
-        container = self._section(section) if section else self.raw
-        if leaf not in container or (container[leaf] is None and default is not _REQUIRED):
-            if default is _REQUIRED:
-                raise InputError(f"key '{key}': missing")
-            return default
-        value = container[leaf]
-        kinds = kind if isinstance(kind, tuple) else (kind,)
-        if isinstance(value, bool) and bool not in kinds or not isinstance(value, kinds):
-            names = " or ".join({"str": "text", "dict": "mapping", "NoneType": "null"}.get(k.__name__, k.__name__)
-                                for k in kinds)
-            raise InputError(f"key '{key}': expected {names}, got {value!r}")
-        if choices is not None and value not in choices:
-            raise InputError(f"key '{key}': got {value!r}{did_you_mean(value, choices)}; "
-                             f"allowed values: {format_choices(choices)}")
-        if low is not None and not isinstance(value, bool) and value < low:
-            raise InputError(f"key '{key}': must be >= {low:g}, got {value!r}")
-        if above is not None and value <= above:
-            raise InputError(f"key '{key}': must be > {above:g}, got {value!r}")
-        if kind is list and (not value or not all(isinstance(v, str) for v in value)):
-            raise InputError(f"key '{key}': expected a non-empty list of names, got {value!r}")
-        return value
-
-    def _section(self, name: str) -> Mapping[str, Any]:
-        value = self.raw.get(name)
-        if value is None:
-            return {}
-        if not isinstance(value, Mapping):
-            raise InputError(f"key '{name}': expected a mapping with keys {', '.join(SCHEMA[name])}, "
-                             f"got {value!r}")
-        return value
-
-    def reject_unknown(self) -> None:
-        for section, value in self.raw.items():
-            if section not in SCHEMA:
-                raise InputError(f"key '{section}': unknown section{did_you_mean(section, SCHEMA)}; "
-                                 f"allowed: {', '.join(SCHEMA)}")
-            if SCHEMA[section] and isinstance(value, Mapping):
-                for key in value:
-                    if key not in SCHEMA[section]:
-                        raise InputError(f"key '{section}.{key}': unknown key"
-                                         f"{did_you_mean(str(key), SCHEMA[section])}; "
-                                         f"allowed: {', '.join(SCHEMA[section])}")
-
-
 class _UniqueKeyLoader(yaml.SafeLoader):
     """SafeLoader that rejects a key given twice (PyYAML silently keeps the last)."""
 
@@ -420,16 +447,6 @@ def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bo
 
 
 _UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
-
-
-def is_uri(value: str | Path) -> bool:
-    """A location with a scheme (s3://, sqlite:///, http://) rather than a local path."""
-    return re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", str(value)) is not None
-
-
-def _storage(value: str) -> Path | str:
-    """A local directory (absolute, relative to the working directory) or a URI kept as given."""
-    return value.rstrip("/") if is_uri(value) else Path(value).expanduser().absolute()
 
 
 def _check_writable(directory: Path, key: str) -> None:

@@ -16,9 +16,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 from ray.air.integrations.mlflow import MLflowLoggerCallback
-from ray.tune.result import AUTO_RESULT_KEYS, TIME_THIS_ITER_S, TIME_TOTAL_S, TRAINING_ITERATION
+from ray.tune.result import AUTO_RESULT_KEYS
 
-from study.spec import is_uri
+from study.location import Location
+from trainables.results import (OPTUNA_TRIAL_KEY, REPEAT_INDEX_KEY, TIMING_METRICS, TRAINING_ITERATION,
+                                TRIAL_ARTIFACTS)
 from trainables.routed_prompt.config import knob_values
 
 if TYPE_CHECKING:
@@ -35,16 +37,8 @@ TAG_OPTUNA_TRIAL = "optuna.trial_number"
 TAG_REPEAT_INDEX = "ray.repeat_index"
 TAG_ERROR = "error"
 
-#: Config key the study's searcher adds: the Optuna trial number behind a Ray trial.
-OPTUNA_TRIAL_KEY = "__optuna_trial_number__"
-#: Config key Ray's Repeater adds (ray.tune.search.repeater.TRIAL_INDEX).
-REPEAT_INDEX_KEY = "__trial_index__"
-
-#: Files the trainable writes into its trial directory that become run artifacts.
-TRIAL_ARTIFACTS = ("router_matrix.csv", "router_heatmap.png", "target_gates.csv")
-
-# Ray bookkeeping that is not a measurement; the two timings stay.
-_NOT_METRICS = frozenset(AUTO_RESULT_KEYS) - {TIME_TOTAL_S, TIME_THIS_ITER_S}
+# Ray bookkeeping that is not a measurement; the timings stay.
+_NOT_METRICS = frozenset(AUTO_RESULT_KEYS) - set(TIMING_METRICS)
 
 
 def client_for(tracking_uri: str) -> "MlflowClient":
@@ -78,11 +72,9 @@ def ensure_experiment(tracking_uri: str, name: str, artifact_location: str) -> s
     return client.create_experiment(name, artifact_location=artifact_location)
 
 
-def artifact_location_for(study_dir: str | Path) -> str:
+def artifact_location_for(study_dir: str | Path | Location) -> str:
     """``<study_dir>/mlartifacts`` as a URI (absolute file URI for a local directory)."""
-    if is_uri(study_dir):
-        return str(study_dir).rstrip("/") + "/mlartifacts"
-    return (Path(study_dir).resolve() / "mlartifacts").as_uri()
+    return (Location(study_dir) / "mlartifacts").as_uri()
 
 
 def ensure_parent_run(tracking_uri: str, experiment_id: str, study_name: str,

@@ -14,9 +14,7 @@ from typing import Sequence
 
 import numpy as np
 
-ROUTER_CSV = "router_matrix.csv"
-ROUTER_PNG = "router_heatmap.png"
-GATES_CSV = "target_gates.csv"
+from trainables.results import GATES_CSV, ROUTER_CSV, ROUTER_PNG
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from typing import Any, Mapping
 import torch
 
 from trainables.artifacts import RoutingSnapshot
+from trainables.results import REPEAT_INDEX_KEY
 from trainables.routed_prompt.config import RoutedPromptConfig, knob_values
 from trainables.setup import TrialSetup
 
@@ -27,7 +28,7 @@ STATE_FILE = "state.pt"
 def trial_config(config: Mapping[str, Any]) -> RoutedPromptConfig:
     """Knobs of a trial config; ``__``-keys are bookkeeping, and the repeat index shifts the seed."""
     parsed = RoutedPromptConfig.from_dict(knob_values(config), where="trial config")
-    repeat = int(config.get("__trial_index__", 0))
+    repeat = int(config.get(REPEAT_INDEX_KEY, 0))
     return dataclasses.replace(parsed, seed=parsed.seed + repeat) if repeat else parsed
 
 
