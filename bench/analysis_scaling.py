@@ -10,8 +10,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from analysis.report import build_report
-from analysis.synthetic import planted_table
+# `python bench/analysis_scaling.py` puts bench/ on the path, not the repository root whose
+# tests/ holds the synthetic tables shared with the analysis tests.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from analysis.report import build_report  # noqa: E402
+from tests.synthetic import planted_table  # noqa: E402
 
 
 def main() -> None:

@@ -8,7 +8,7 @@ import pytest
 from analysis.encoding import KnobEncoder
 from analysis.findings import DEFAULT_FILE, evaluate_findings, load_findings
 from analysis.importance import TreeImportance
-from analysis.synthetic import planted_table
+from tests.synthetic import planted_table
 from trainables.errors import InputError
 
 PLANTED = """

@@ -10,7 +10,7 @@ import pytest
 
 from analysis.encoding import NA, KnobEncoder
 from analysis.importance import METHODS, BootstrapRanks, TreeImportance, PermutationImportance
-from analysis.synthetic import LR_THRESHOLD, planted_table
+from tests.synthetic import LR_THRESHOLD, planted_table
 from trainables.errors import InputError
 
 

@@ -14,7 +14,7 @@ import pytest
 
 from analysis.loading import load_trials
 from analysis.report import build_report
-from analysis.synthetic import planted_table
+from tests.synthetic import planted_table
 from trainables.errors import InputError
 from trainables.routed_prompt.config import KNOBS
 

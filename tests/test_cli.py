@@ -248,3 +248,34 @@ def test_console_script_in_a_real_process(tmp_path):
     assert done.returncode == 2
     assert done.stderr.strip().count("\n") == 0 and "key 'trials.num'" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_validate_prints_the_plan_of_a_cluster_spec_with_remote_stores(tmp_path, capsys):
+    """The README's cluster set-up: s3 storage, an MLflow server, a PostgreSQL Optuna store;
+    validating it reaches none of them."""
+    spec = {**GOOD, "cluster": True, "resources": {"cpus": 64, "gpus": 1},
+            "storage": {"dir": "s3://bucket/studies/", "mlflow_tracking_uri": "http://mlflow.internal:5000",
+                        "optuna_storage": "postgresql://optuna@db.internal/optuna"}}
+    path = tmp_path / "cluster.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    assert main(["validate", str(path)]) == 0
+    out = capsys.readouterr().out
+    for text in ("study directory: s3://bucket/studies/cli", "MLflow tracking: http://mlflow.internal:5000",
+                 "Optuna storage: postgresql://optuna@db.internal/optuna (study 'cli')",
+                 "64 CPU, 1 GPU on the Ray cluster at auto", f"report: written to {tmp_path}/reports/cli",
+                 f"{path}: OK"):
+        assert text in out, text
+    assert not (tmp_path / "s3:").exists() and not (tmp_path / "studies").exists()
+
+
+def test_schema_prints_the_spec_json_schema(capsys):
+    import json
+
+    assert main(["schema"]) == 0
+    schema = json.loads(capsys.readouterr().out)
+    assert schema["additionalProperties"] is False and schema["required"] == ["name", "data"]
+    assert list(schema["properties"])[:3] == ["name", "plugins", "backbone"]
+    trials = schema["$defs"]["Trials"]["properties"]
+    assert trials["num"]["anyOf"][0] == {"minimum": 1, "type": "integer"}
+    search = schema["$defs"]["Search"]["properties"]["algorithm"]
+    assert search["enum"] == ["tpe", "random", "grid"]

@@ -20,7 +20,7 @@ TRIALS, EPOCHS = 4, 2
 DRIVER = f"""
 import sys
 sys.path.insert(0, {str(REPO)!r})
-from bench.orchestration import make_sleep_trainable
+from tests.sleep_trainable import make_sleep_trainable
 from study.runner import run_study
 from study.spec import StudySpec
 outcome = run_study(StudySpec.load(sys.argv[1]), trainable=make_sleep_trainable(0.3))

@@ -18,7 +18,7 @@ import ray
 import ray.cloudpickle
 from ray.cluster_utils import Cluster
 
-from bench.orchestration import make_sleep_trainable
+from tests.sleep_trainable import make_sleep_trainable
 from study.runner import run_study
 from study.spec import StudySpec
 from study.tracking import TAG_PARENT, client_for

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.orchestration import make_sleep_trainable
+from tests.sleep_trainable import make_sleep_trainable
 from study.runner import resume_study, run_study
 from study.spec import StudySpec
 from study.tracking import (TAG_ERROR, TAG_OPTUNA_TRIAL, TAG_PARENT, TAG_RAY_TRIAL_ID,

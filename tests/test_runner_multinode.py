@@ -9,7 +9,7 @@ import pytest
 import ray
 from ray.cluster_utils import Cluster
 
-from bench.orchestration import make_sleep_trainable
+from tests.sleep_trainable import make_sleep_trainable
 from study.runner import run_study
 from study.spec import StudySpec
 

@@ -158,3 +158,96 @@ def test_shipped_specs_meet_their_brief():
     assert full.num_trials >= 100 and full.repeats == 3 and len(full.setup.tasks) >= 3
     smoke = StudySpec.load(SPECS / "smoke.yaml")
     assert smoke.num_trials <= 3 and smoke.max_epochs() == 1 and smoke.setup.train_per_task <= 16
+
+
+# ------------------------------------------------------------------ schema, plugins
+def test_json_schema_checks_a_spec_as_an_editor_would(tmp_path):
+    jsonschema = pytest.importorskip("jsonschema")
+    from study.spec import json_schema
+
+    schema = json_schema()
+    jsonschema.Draft202012Validator.check_schema(schema)
+    validator = jsonschema.Draft202012Validator(schema)
+    for name in ("demo", "reproduce_findings", "smoke"):
+        validator.validate(yaml.safe_load((SPECS / f"{name}.yaml").read_text()))
+    resolved = StudySpec.load(write(tmp_path, BASE)).to_dict()
+    validator.validate(resolved)  # what `dump` writes is a valid spec too
+    for bad in ({**BASE, "trails": {"num": 2}}, {**BASE, "data": {**BASE["data"], "task": ["x"]}},
+                {**BASE, "search": {"algorithm": "bayes"}}, {**BASE, "trials": {"num": 0}},
+                {**BASE, "space": {"name": "findings", "fixed": {"lr": 0.1}}}):
+        assert not validator.is_valid(bad), bad
+
+
+def test_dump_writes_every_key_of_the_schema(tmp_path):
+    from study.spec import StudyFile
+
+    dumped = yaml.safe_load(StudySpec.load(write(tmp_path, BASE)).dump(tmp_path / "d.yaml").read_text())
+    assert list(dumped) == list(StudyFile.model_fields)
+    assert list(dumped["storage"]) == ["dir", "mlflow_tracking_uri", "optuna_storage"]
+
+
+PLUGIN = '''
+from search_spaces import SearchSpace, register
+from search_spaces.base import choice
+
+
+@register
+class PluginSpace(SearchSpace):
+    """a space that a researcher's module registers."""
+
+    name = "{name}"
+
+    def declare(self):
+        return [choice("learning_rate", 0.01, 0.1)]
+'''
+
+
+def test_plugins_are_imported_before_the_spec_is_checked(tmp_path, monkeypatch):
+    (tmp_path / "my_spaces_for_spec_test.py").write_text(PLUGIN.format(name="plugin_space_for_spec_test"))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    raw = {**BASE, "plugins": ["my_spaces_for_spec_test"],
+           "space": {"name": "plugin_space_for_spec_test", "fixed": {"epochs": 2}}}
+    spec = StudySpec.load(write(tmp_path, raw))
+    assert spec.space.name == "plugin_space_for_spec_test" and spec.plugins == ["my_spaces_for_spec_test"]
+    assert spec.setup.plugins == ("my_spaces_for_spec_test",)  # reaches every trial
+    assert "plugins: my_spaces_for_spec_test" in spec.describe()[0]
+    assert StudySpec.load(spec.dump(tmp_path / "d.yaml")).to_dict() == spec.to_dict()
+
+
+def test_a_plugin_that_does_not_import_is_one_line(tmp_path):
+    path = write(tmp_path, {**BASE, "plugins": ["no_such_plugin_module"]})
+    with pytest.raises(InputError) as info:
+        StudySpec.load(path)
+    assert str(info.value) == (f"{path}: key 'plugins': plugin 'no_such_plugin_module' does not import: "
+                               f"ModuleNotFoundError: No module named 'no_such_plugin_module'")
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"data": None}, "key 'data.tasks': missing"),
+    ({"search": None}, None),  # a null section takes its defaults
+    ({"cluster": 3}, "key 'cluster': expected bool or text, got 3"),
+    ({"resources": {"cpus": float("nan")}}, "key 'resources.cpus': must be a finite number, got nan"),
+    ({"data": {**BASE["data"], "tasks": ["rt_sentiment", 3]}}, "key 'data.tasks': expected a non-empty list"),
+    ({"report": "yes"}, "key 'report': expected bool, got 'yes'"),
+    ({"plugins": "mine"}, "key 'plugins': expected list, got 'mine'"),
+    ({"storage": {"dir": "studies", "optuna_storage": 5}}, "key 'storage.optuna_storage': expected text, got 5"),
+])
+def test_schema_errors_name_the_key(tmp_path, change, message):
+    path = write(tmp_path, {**BASE, **change})
+    if message is None:
+        assert StudySpec.load(path).search_algorithm == "tpe"
+        return
+    with pytest.raises(InputError) as info:
+        StudySpec.load(path)
+    assert str(info.value).startswith(f"{path}: {message}") and "\n" not in str(info.value)
+
+
+def test_trial_setup_round_trips_through_plain_values():
+    from trainables.setup import TrialSetup
+
+    setup = TrialSetup(tasks=("rt_sentiment",), plugins=("a_plugin",), max_length=16)
+    assert TrialSetup.from_dict(setup.to_dict()) == setup and setup.to_dict()["tasks"] == ["rt_sentiment"]
+    with pytest.raises(InputError, match="^setup: key 'max_length': must be >= 1, got 0$"):
+        TrialSetup.from_dict({"tasks": ["rt_sentiment"], "max_length": 0})
+    with pytest.raises(InputError, match=r"^setup: key 'task': unknown key \(did you mean 'tasks'\?\)"):
+        TrialSetup.from_dict({"task": ["rt_sentiment"]})

@@ -2,8 +2,8 @@
 
 A task couples a spec (kind, verbalizer texts, metrics) with the
 :class:`~trainables.tasks.sources.DataSource` that reads its examples. The
-catalogue (``trainables.tasks.catalog``) registers every built-in task; a new task
-is one :func:`register_task` call.
+built-in tasks register themselves in ``trainables.tasks.offline``, ``.glue`` and
+``.atomic`` (imported by the package); a new task is one :func:`register_task` call.
 """
 
 from __future__ import annotations
