@@ -22,9 +22,11 @@ from graphlib import TopologicalSorter
 import optuna
 from optuna.distributions import (BaseDistribution, CategoricalDistribution, FloatDistribution,
                                   IntDistribution)
+from pydantic import Field, model_validator
 
 from trainables.errors import InputError, did_you_mean, format_choices
 from trainables.routed_prompt.config import KNOBS, RoutedPromptConfig, complete
+from trainables.schema import Section, parse
 
 
 @dataclass(frozen=True)
@@ -262,14 +264,32 @@ class CustomSpace(SearchSpace):
         return dict(self._constants)
 
 
-_OVERRIDE_KEYS = ("low", "high", "log", "step", "choices", "when")
-
-
 def _knob(name: str, where: str):
     if name not in KNOBS:
         raise InputError(f"key '{where}.{name}': unknown knob{did_you_mean(name, KNOBS)}; "
                          f"known knobs: {', '.join(KNOBS)}")
     return KNOBS[name]
+
+
+class Override(Section):
+    """One knob's distribution in a spec's ``space.override``: a range or choices, each
+    optionally searched only ``when`` other knobs have given values."""
+
+    low: Any = Field(None, description="Lowest value of a range (the knob's own type: int or float).")
+    high: Any = Field(None, description="Highest value of a range.")
+    log: bool = Field(False, description="Sample the range on a log scale.")
+    step: float | None = Field(None, gt=0, description="Grid step of the range.")
+    choices: list[Any] | None = Field(None, min_length=1, description="The values to choose from.")
+    when: dict[str, Any] = Field(default_factory=dict, description="knob -> value or [values].")
+
+    @model_validator(mode="after")
+    def _range_or_choices(self) -> "Override":
+        given = [k for k in ("low", "high", "log", "step") if k in self.model_fields_set]
+        if self.choices is not None and given:
+            raise ValueError(f"'choices' cannot be combined with {', '.join(given)}")
+        if self.log and self.step is not None:
+            raise ValueError("'step' and 'log' cannot be combined")
+        return self
 
 
 def param_from_spec(name: str, spec: Any, where: str) -> Param:
@@ -285,44 +305,29 @@ def param_from_spec(name: str, spec: Any, where: str) -> Param:
     if not isinstance(spec, Mapping):
         raise InputError(f"{at}: expected {{low, high}}, {{choices: [...]}} or a list, got {spec!r} "
                          f"(constants go under 'fixed')")
-    for key in spec:
-        if key not in _OVERRIDE_KEYS:
-            raise InputError(f"{at}: unknown key '{key}'{did_you_mean(key, _OVERRIDE_KEYS)}; "
-                             f"allowed: {', '.join(_OVERRIDE_KEYS)}")
-    when = _parse_when(spec.get("when") or {}, f"{where}.when")
-    if "choices" in spec:
-        extra = [k for k in ("low", "high", "log", "step") if k in spec]
-        if extra:
-            raise InputError(f"{at}: 'choices' cannot be combined with {', '.join(extra)}")
-        values = spec["choices"]
-        if not isinstance(values, list) or not values:
-            raise InputError(f"{at}: 'choices' must be a non-empty list, got {values!r}")
-        coerced = [knob.coerce(v, at) for v in values]
+    override = parse(Override, spec, at=where)
+    when = _parse_when(override.when, f"{where}.when")
+    if override.choices is not None:
+        coerced = [knob.coerce(v, at) for v in override.choices]
         if len(set(map(repr, coerced))) != len(coerced):
-            raise InputError(f"{at}: 'choices' lists a value twice: {values!r}")
+            raise InputError(f"{at}: 'choices' lists a value twice: {override.choices!r}")
         return Param(name, CategoricalDistribution(coerced), when)
     if knob.kind not in ("int", "float"):
         raise InputError(f"{at}: knob '{name}' is {knob.kind}; give {{choices: [...]}} "
                          f"from {knob.allowed()}")
-    missing = [k for k in ("low", "high") if k not in spec]
+    missing = [k for k in ("low", "high") if getattr(override, k) is None]
     if missing:
         raise InputError(f"{at}: missing {' and '.join(missing)} (or give choices)")
-    low, high = (knob.coerce(spec[k], at) for k in ("low", "high"))
+    low, high = (knob.coerce(getattr(override, k), at) for k in ("low", "high"))
     if not all(isinstance(v, (int, float)) for v in (low, high)):
         raise InputError(f"{at}: a range needs numbers for low and high, got {low!r} and {high!r}; "
                          f"list other values under 'choices'")
-    log, step = spec.get("log", False), spec.get("step")
-    if not isinstance(log, bool):
-        raise InputError(f"{at}: 'log' must be true or false, got {log!r}")
+    log, step = override.log, override.step
     if low > high:
         raise InputError(f"{at}: low {low:g} is above high {high:g}")
     if log and low <= 0:
         raise InputError(f"{at}: a log-scale range needs low > 0, got {low:g}")
     if step is not None:
-        if isinstance(step, bool) or not isinstance(step, (int, float)) or step <= 0:
-            raise InputError(f"{at}: 'step' must be a positive number, got {step!r}")
-        if log:
-            raise InputError(f"{at}: 'step' and 'log' cannot be combined")
         if knob.kind == "int" and not float(step).is_integer():
             raise InputError(f"{at}: knob '{name}' is an integer; 'step' must be an integer, got {step!r}")
         span = (high - low) / step

@@ -227,7 +227,8 @@ def test_a_plugin_that_does_not_import_is_one_line(tmp_path):
     ({"search": None}, None),  # a null section takes its defaults
     ({"cluster": 3}, "key 'cluster': expected bool or text, got 3"),
     ({"resources": {"cpus": float("nan")}}, "key 'resources.cpus': must be a finite number, got nan"),
-    ({"data": {**BASE["data"], "tasks": ["rt_sentiment", 3]}}, "key 'data.tasks': expected a non-empty list"),
+    ({"data": {**BASE["data"], "tasks": ["rt_sentiment", 3]}},
+     "key 'data.tasks': expected a list of text, got ['rt_sentiment', 3]"),
     ({"report": "yes"}, "key 'report': expected bool, got 'yes'"),
     ({"plugins": "mine"}, "key 'plugins': expected list, got 'mine'"),
     ({"storage": {"dir": "studies", "optuna_storage": 5}}, "key 'storage.optuna_storage': expected text, got 5"),

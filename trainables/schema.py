@@ -44,29 +44,36 @@ class Section(BaseModel):
                 if v is not None}
 
 
-def parse(model: type[M], raw: Any, where: str) -> M:
-    """``model`` validated from ``raw``; InputError ``"<where>: key 'a.b': ..."`` on the first problem."""
+def parse(model: type[M], raw: Any, where: str = "", at: str = "") -> M:
+    """``model`` validated from ``raw``; InputError ``"<where>: key '<at>.a.b': ..."`` on the first
+    problem (``at``: the key path of ``raw`` inside a larger file)."""
     try:
         return model.model_validate(raw)
     except ValidationError as exc:
-        raise InputError(f"{where}: {explain(exc, model, raw)}") from None
+        message = explain(exc, model, raw, at)
+        raise InputError(f"{where}: {message}" if where else message) from None
 
 
-def explain(exc: ValidationError, model: type[BaseModel], raw: Any) -> str:
+def explain(exc: ValidationError, model: type[BaseModel], raw: Any, at: str = "") -> str:
     """The one line for the first error (an unknown key first, as a reader of the file would fix it)."""
     errors = sorted(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")
     error = errors[0]
     path, field = _walk(model, error["loc"])
+    return _explain(error, path, field, model, raw, [at] if at else [])
+
+
+def _explain(error: Mapping[str, Any], path: list[str], field: FieldInfo | None, model: type[BaseModel],
+             raw: Any, prefix: list[str]) -> str:
     kind = error["type"]
-    key = ".".join(path)
+    key = ".".join([*prefix, *path])
     if kind == "extra_forbidden":
         leaf = str(error["loc"][len(path)])
         container = _model_of(field.annotation) if field is not None else model
         names = list(container.model_fields)
-        return (f"key '{'.'.join([*path, leaf])}': unknown {container.unknown_key_word}"
+        return (f"key '{'.'.join([*prefix, *path, leaf])}': unknown {container.unknown_key_word}"
                 f"{did_you_mean(leaf, names)}; allowed: {', '.join(names)}")
     if kind == "missing":
-        key, _ = _first_required(path, field)
+        key, _ = _first_required([*prefix, *path], field)
         return f"key '{key}': missing"
     value = _value_at(raw, path)
     section = _model_of(field.annotation) if field is not None else None
@@ -82,7 +89,7 @@ def explain(exc: ValidationError, model: type[BaseModel], raw: Any) -> str:
         return f"key '{key}': must be {bounds[kind]} {limit:g}, got {value!r}"
     if kind == "too_short":
         if _is_list(field):
-            return f"key '{key}': expected a non-empty list of names, got {value!r}"
+            return f"key '{key}': expected a non-empty list, got {value!r}"
         return f"key '{key}': must not be empty"
     if kind == "string_pattern_mismatch" and field is not None and field.description:
         return f"key '{key}': {value!r} must be {field.description}"
@@ -92,7 +99,7 @@ def explain(exc: ValidationError, model: type[BaseModel], raw: Any) -> str:
         return f"key '{key}': must be a finite number, got {value!r}"
     if kind.endswith("_type"):
         if _is_list(field) and len(error["loc"]) > len(path):  # an element of a list
-            return f"key '{key}': expected a non-empty list of names, got {value!r}"
+            return f"key '{key}': expected a list of {_type_names(_element(field.annotation))}, got {value!r}"
         return f"key '{key}': expected {_type_names(field.annotation)}, got {value!r}"
     return f"key '{key}': {error['msg']}, got {value!r}"
 
@@ -150,6 +157,13 @@ def _literal_choices(annotation: Any) -> tuple | None:
         if typing.get_origin(member) is Literal:
             return typing.get_args(member)
     return None
+
+
+def _element(annotation: Any) -> Any:
+    for member in _members(annotation):
+        if typing.get_origin(member) in (list, tuple):
+            return typing.get_args(member)[0]
+    return Any
 
 
 def _is_list(field: FieldInfo | None) -> bool:
