@@ -68,9 +68,10 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _resume(args: argparse.Namespace) -> int:
+    from study.location import Location
     from study.runner import resume_study
 
-    print(resume_study(Path(args.study_dir)).summary())
+    print(resume_study(Location(args.study_dir)).summary())  # a directory or a URI (s3://...)
     return 0
 
 

@@ -36,6 +36,7 @@ import yaml
 from pydantic import Field
 
 from search_spaces import SearchSpace, get_space
+from search_spaces.base import Override
 from study.location import Location, is_uri
 from trainables.errors import InputError, did_you_mean
 from trainables.routed_prompt.config import KNOBS
@@ -75,12 +76,19 @@ class Data(Section):
     split_seed: int = _setup_field("split_seed")
 
 
+def _override_schema(schema: dict[str, Any]) -> None:
+    # Checked knob by knob by the space (param_from_spec, against the knob's type); the
+    # JSON Schema still shows an editor each entry's form.
+    schema["propertyNames"] = {"enum": list(KNOBS)}
+    schema["additionalProperties"] = {"anyOf": [Override.model_json_schema(), {"type": "array", "minItems": 1}]}
+
+
 class Space(Section):
     """A registered search space, with knobs re-distributed (override) or fixed."""
 
     name: str = Field("findings", description="A registered search space: core, findings, original_grid "
                                               "or one a plugin registers.")
-    override: dict[str, Any] = Field(default_factory=dict, json_schema_extra={"propertyNames": {"enum": list(KNOBS)}},
+    override: dict[str, Any] = Field(default_factory=dict, json_schema_extra=_override_schema,
                                      description="knob -> {low, high[, log][, step]}, {choices: [...]} or a "
                                                  "list, each with optional when: {knob: values}.")
     fixed: dict[str, Any] = Field(default_factory=dict, json_schema_extra={"propertyNames": {"enum": list(KNOBS)}},

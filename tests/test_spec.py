@@ -174,7 +174,8 @@ def test_json_schema_checks_a_spec_as_an_editor_would(tmp_path):
     validator.validate(resolved)  # what `dump` writes is a valid spec too
     for bad in ({**BASE, "trails": {"num": 2}}, {**BASE, "data": {**BASE["data"], "task": ["x"]}},
                 {**BASE, "search": {"algorithm": "bayes"}}, {**BASE, "trials": {"num": 0}},
-                {**BASE, "space": {"name": "findings", "fixed": {"lr": 0.1}}}):
+                {**BASE, "space": {"name": "findings", "fixed": {"lr": 0.1}}},
+                {**BASE, "space": {"name": "findings", "override": {"epochs": {"low": 1, "hgh": 3}}}}):
         assert not validator.is_valid(bad), bad
 
 
