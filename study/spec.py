@@ -160,6 +160,21 @@ def json_schema() -> dict[str, Any]:
     return schema
 
 
+#: StudySpec's flat attribute -> the key of the resolved file it reads.
+FLAT_NAMES = {
+    "name": "name", "plugins": "plugins", "search_algorithm": "search.algorithm", "search_seed": "search.seed",
+    "scheduler": "scheduler.name", "grace_period": "scheduler.grace_period",
+    "reduction_factor": "scheduler.reduction_factor",
+    "num_trials": "trials.num",  # distinct configurations; see num_samples
+    "concurrency": "trials.concurrency", "repeats": "trials.repeats",
+    "max_failures": "trials.max_failures",  # Ray FailureConfig: retries of an errored trial
+    "cpus_per_trial": "resources.cpus", "gpus_per_trial": "resources.gpus",
+    "metric": "metric.name", "mode": "metric.mode",
+    "mlflow_tracking_uri": "storage.mlflow_tracking_uri", "optuna_storage": "storage.optuna_storage",
+    "optuna_study_name": "name", "report": "report",
+}
+
+
 def _alias(dotted: str) -> property:
     parts = dotted.split(".")
 
@@ -175,30 +190,12 @@ def _alias(dotted: str) -> property:
 # ------------------------------------------------------------------ the resolved study
 class StudySpec:
     """A validated study: the resolved file (absolute paths, URIs and trial count filled in),
-    the trial setup and the search space built from it."""
+    the trial setup and the search space built from it. The flat attributes the runner reads
+    (``num_trials``, ``metric``, ...) are the file's keys named in :data:`FLAT_NAMES`."""
 
     def __init__(self, file: StudyFile, setup: TrialSetup, space: SearchSpace):
         self.file, self.setup, self.space = file, setup, space
 
-    name = _alias("name")
-    plugins = _alias("plugins")
-    search_algorithm = _alias("search.algorithm")
-    search_seed = _alias("search.seed")
-    scheduler = _alias("scheduler.name")
-    grace_period = _alias("scheduler.grace_period")
-    reduction_factor = _alias("scheduler.reduction_factor")
-    num_trials = _alias("trials.num")            # distinct configurations; see num_samples
-    concurrency = _alias("trials.concurrency")
-    repeats = _alias("trials.repeats")
-    max_failures = _alias("trials.max_failures")  # Ray FailureConfig: retries of an errored trial
-    cpus_per_trial = _alias("resources.cpus")
-    gpus_per_trial = _alias("resources.gpus")
-    metric = _alias("metric.name")
-    mode = _alias("metric.mode")
-    mlflow_tracking_uri = _alias("storage.mlflow_tracking_uri")
-    optuna_storage = _alias("storage.optuna_storage")
-    optuna_study_name = _alias("name")
-    report = _alias("report")
 
     @property
     def cluster_address(self) -> str | None:
@@ -220,13 +217,14 @@ class StudySpec:
 
     # ------------------------------------------------------------- loading
     @classmethod
-    def load(cls, path: str | Path) -> "StudySpec":
-        """Read and validate a YAML spec; InputError "<file>: key 'a.b': ..." on any problem."""
-        path = Path(path)
-        if not path.is_file():
+    def load(cls, path: str | Path | Location) -> "StudySpec":
+        """Read and validate a YAML spec (a local file or a URI such as ``s3://.../study.yaml``);
+        InputError "<file>: key 'a.b': ..." on any problem."""
+        location = Location(path)
+        if not location.is_file():
             raise InputError(f"{path}: no such spec file")
         try:
-            raw = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)
+            raw = yaml.load(location.read_text(), Loader=_UniqueKeyLoader)
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -374,6 +372,10 @@ class StudySpec:
     def report_dir(self) -> Location:
         """Where the runner writes the report: beside the results, or ./reports/<name> for remote storage."""
         return self.study_dir / "report" if self.study_dir.is_local else Location(Path("reports", self.name))
+
+
+for _attribute, _key in FLAT_NAMES.items():
+    setattr(StudySpec, _attribute, _alias(_key))
 
 
 def _num_trials(given: StudyFile, space: SearchSpace) -> int:
