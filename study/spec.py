@@ -155,9 +155,8 @@ class StudyFile(Section):
 
 def json_schema() -> dict[str, Any]:
     """The JSON Schema of a spec file (``routed-study schema``)."""
-    schema = StudyFile.model_json_schema()
-    schema["title"] = "routed-study spec"
-    return schema
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema",  # the draft pydantic writes
+            **StudyFile.model_json_schema(), "title": "routed-study spec"}
 
 
 #: StudySpec's flat attribute -> the key of the resolved file it reads.

@@ -66,6 +66,7 @@ def _explain(error: Mapping[str, Any], path: list[str], field: FieldInfo | None,
              raw: Any, prefix: list[str]) -> str:
     kind = error["type"]
     key = ".".join([*prefix, *path])
+    at = f"key '{key}': " if key else ""
     if kind == "extra_forbidden":
         leaf = str(error["loc"][len(path)])
         container = _model_of(field.annotation) if field is not None else model
@@ -76,32 +77,29 @@ def _explain(error: Mapping[str, Any], path: list[str], field: FieldInfo | None,
         key, _ = _first_required([*prefix, *path], field)
         return f"key '{key}': missing"
     value = _value_at(raw, path)
-    section = _model_of(field.annotation) if field is not None else None
+    section = _model_of(field.annotation) if field is not None else model
     if section is not None and kind in ("model_type", "dict_type", "model_attributes_type"):
-        return f"key '{key}': expected a mapping with keys {', '.join(section.model_fields)}, got {value!r}"
+        return f"{at}expected a mapping with keys {', '.join(section.model_fields)}, got {value!r}"
     ctx = error.get("ctx") or {}
     choices = _literal_choices(field.annotation) if field is not None else None
     if kind == "literal_error" and choices is not None:
-        return f"key '{key}': got {value!r}{did_you_mean(value, choices)}; allowed values: {format_choices(choices)}"
+        return f"{at}got {value!r}{did_you_mean(value, choices)}; allowed values: {format_choices(choices)}"
     bounds = {"greater_than_equal": ">=", "greater_than": ">", "less_than_equal": "<=", "less_than": "<"}
     if kind in bounds:
-        limit = next(iter(ctx.values()))
-        return f"key '{key}': must be {bounds[kind]} {limit:g}, got {value!r}"
+        return f"{at}must be {bounds[kind]} {next(iter(ctx.values())):g}, got {value!r}"
     if kind == "too_short":
-        if _is_list(field):
-            return f"key '{key}': expected a non-empty list, got {value!r}"
-        return f"key '{key}': must not be empty"
+        return f"{at}expected a non-empty list, got {value!r}" if _is_list(field) else f"{at}must not be empty"
     if kind == "string_pattern_mismatch" and field is not None and field.description:
-        return f"key '{key}': {value!r} must be {field.description}"
+        return f"{at}{value!r} must be {field.description}"
     if kind == "value_error":
-        return f"key '{key}': {ctx.get('error', error['msg'])}"
+        return f"{at}{ctx.get('error', error['msg'])}"
     if kind == "finite_number":
-        return f"key '{key}': must be a finite number, got {value!r}"
-    if kind.endswith("_type"):
+        return f"{at}must be a finite number, got {value!r}"
+    if kind.endswith("_type") and field is not None:
         if _is_list(field) and len(error["loc"]) > len(path):  # an element of a list
-            return f"key '{key}': expected a list of {_type_names(_element(field.annotation))}, got {value!r}"
-        return f"key '{key}': expected {_type_names(field.annotation)}, got {value!r}"
-    return f"key '{key}': {error['msg']}, got {value!r}"
+            return f"{at}expected a list of {_type_names(_element(field.annotation))}, got {value!r}"
+        return f"{at}expected {_type_names(field.annotation)}, got {value!r}"
+    return f"{at}{error['msg']}, got {value!r}"
 
 
 # ------------------------------------------------------------------ helpers
