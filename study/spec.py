@@ -48,7 +48,7 @@ SCHEDULERS = ("asha", "none")
 MODES = ("max", "min")
 #: Trials of a random or TPE search when ``trials.num`` is not given.
 DEFAULT_NUM_TRIALS = 10
-__all__ = ["StudyFile", "StudySpec", "is_uri"]
+__all__ = ["StudyFile", "StudySpec", "is_uri"]  # is_uri: the `ui` command imports it from here
 
 
 def _setup_field(name: str, **changes: Any) -> Any:
