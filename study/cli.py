@@ -58,18 +58,45 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+#: URI schemes of MLflow tracking stores; any other URI (s3://...) is a study's storage.
+TRACKING_SCHEMES = ("http", "https", "sqlite", "postgresql", "mysql", "mssql", "file", "databricks")
+
+
+def _is_tracking_uri(target: str) -> bool:
+    from urllib.parse import urlsplit
+
+    from study.spec import is_uri
+
+    return is_uri(target) and urlsplit(target).scheme.split("+")[0] in TRACKING_SCHEMES
+
+
+def _study_location(target: str) -> str | Path:
+    """A study directory as given: a URI (s3://bucket/studies/name) stays a string, a path a Path."""
+    from study.spec import is_uri
+
+    return target if is_uri(target) else Path(target)
+
+
 def _resume(args: argparse.Namespace) -> int:
     from study.runner import resume_study
 
-    print(resume_study(Path(args.study_dir)).summary())
+    print(resume_study(_study_location(args.study_dir)).summary())
     return 0
 
 
 def _analyze(args: argparse.Namespace) -> int:
     from analysis.report import build_report
+    from study.spec import is_uri
 
-    paths = build_report(args.source, args.out, target=args.target, mode=args.mode,
-                         findings=args.findings, experiment=args.experiment)
+    source, experiment = args.source, args.experiment
+    if is_uri(source) and not _is_tracking_uri(source):
+        # A study on remote storage (s3://...): its results are analysed from its MLflow runs.
+        from study.runner import load_study_spec
+
+        spec = load_study_spec(source)
+        source, experiment = spec.mlflow_tracking_uri, experiment or spec.name
+    paths = build_report(source, args.out, target=args.target, mode=args.mode,
+                         findings=args.findings, experiment=experiment)
     for kind, path in paths.items():
         print(f"{kind}: {path}")
     return 0
@@ -80,17 +107,22 @@ def _ui(args: argparse.Namespace) -> int:
     from study.tracking import serve_ui
 
     target = args.target
-    if is_uri(target):
+    if _is_tracking_uri(target):
         serve_ui(target, host=args.host, port=args.port)
         return 0
-    study_dir = Path(target)
-    spec_file = study_dir / "study.yaml"
-    if not spec_file.is_file():
-        raise InputError(f"ui: {target} is neither a tracking URI (sqlite:///..., http://...) nor a study "
-                         f"directory (no study.yaml in it)")
+    if is_uri(target):  # a study on remote storage: its tracking store is named in its study.yaml
+        from study.runner import load_study_spec
 
-    spec = StudySpec.load(spec_file)
-    serve_ui(spec.mlflow_tracking_uri, host=args.host, port=args.port, artifacts_dir=study_dir / "mlartifacts")
+        spec = load_study_spec(target)
+    else:
+        spec_file = Path(target) / "study.yaml"
+        if not spec_file.is_file():
+            raise InputError(f"ui: {target} is neither a tracking URI (sqlite:///..., http://...) nor a study "
+                             f"directory (no study.yaml in it)")
+        spec = StudySpec.load(spec_file)
+    artifacts = spec.mlflow_artifact_location if is_uri(target) else Path(target) / "mlartifacts"
+    serve_ui(spec.mlflow_tracking_uri, host=args.host, port=args.port, artifacts_dir=artifacts,
+             experiment=spec.name)
     return 0
 
 

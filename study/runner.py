@@ -12,6 +12,7 @@ import math
 import os
 import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
@@ -24,8 +25,8 @@ from trainables.routed_prompt.config import KNOBS, knob_values
 
 from study.progress import StudyProgress
 from study.spec import StudySpec, is_uri
-from study.tracking import (OPTUNA_TRIAL_KEY, StudyMLflowCallback, artifact_location_for,
-                            ensure_experiment, ensure_parent_run, finish_parent_run)
+from study.tracking import (OPTUNA_TRIAL_KEY, StudyMLflowCallback, ensure_experiment, ensure_parent_run,
+                            finish_parent_run)
 
 if TYPE_CHECKING:
     from ray.tune import ResultGrid
@@ -191,7 +192,8 @@ def _write_spec(spec: "StudySpec", study_dir: str) -> None:
             out.write((Path(tmp) / SPEC_FILE).read_bytes())
 
 
-def _read_spec(study_dir: str) -> StudySpec:
+def load_study_spec(study_dir: str) -> StudySpec:
+    """The spec a study ran with (``<study_dir>/study.yaml``), from a local directory or a URI."""
     if not is_uri(study_dir):
         path = Path(study_dir) / SPEC_FILE
         if not path.is_file():
@@ -210,7 +212,8 @@ def _read_spec(study_dir: str) -> StudySpec:
 
 def _ensure_ray(address: str | None) -> bool:
     """Connect to the cluster at ``address`` (or RAY_ADDRESS), else start a local Ray on all
-    cores without the dashboard; unless Ray already runs. True if this call started it."""
+    cores without the dashboard, listening on loopback only; unless Ray already runs. True if
+    this call started it."""
     import ray
 
     if ray.is_initialized():
@@ -218,13 +221,45 @@ def _ensure_ray(address: str | None) -> bool:
     if address or os.environ.get("RAY_ADDRESS"):
         ray.init(address=address)
     else:
-        ray.init(num_cpus=os.cpu_count(), include_dashboard=False)
+        with _loopback_only():
+            ray.init(num_cpus=os.cpu_count(), include_dashboard=False)
     return True
 
 
-def _tracking(spec: "StudySpec", study_dir: str) -> tuple[str, str]:
+#: Ray's switch for single-machine Ray on Windows and macOS (undocumented on Linux); see _loopback_only.
+RAY_SINGLE_MACHINE_SWITCH = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+@contextmanager
+def _loopback_only():
+    """While a local Ray starts: its processes listen on 127.0.0.1 instead of every interface.
+
+    Why an undocumented switch: Ray 2.60 has no setting for it. It rewrites
+    ``_node_ip_address="127.0.0.1"`` to the machine's address, and its GCS, raylet and workers
+    then listen on all interfaces. With ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` ("no multi-node
+    cluster") it keeps the loopback address, and every listener follows it. Ray reads the
+    variable once at import (``ray_constants.ENABLE_RAY_CLUSTER``, which ``services`` consults at
+    call time), so both are set while ``ray.init`` starts the processes, which inherit the
+    variable. tests/test_cluster_sockets.py fails when this stops working.
+    """
+    from ray._private import ray_constants
+
+    saved_variable, saved_flag = os.environ.get(RAY_SINGLE_MACHINE_SWITCH), ray_constants.ENABLE_RAY_CLUSTER
+    os.environ[RAY_SINGLE_MACHINE_SWITCH] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved_flag
+        if saved_variable is None:
+            os.environ.pop(RAY_SINGLE_MACHINE_SWITCH, None)
+        else:
+            os.environ[RAY_SINGLE_MACHINE_SWITCH] = saved_variable
+
+
+def _tracking(spec: "StudySpec") -> tuple[str, str]:
     """Create (or find) the study's MLflow experiment and parent run; return their ids."""
-    experiment_id = ensure_experiment(spec.mlflow_tracking_uri, spec.name, artifact_location_for(study_dir))
+    experiment_id = ensure_experiment(spec.mlflow_tracking_uri, spec.name, spec.mlflow_artifact_location)
     params = {f"setup.{k}": v for k, v in spec.setup.to_dict().items()}
     params.update(search_algorithm=spec.search_algorithm, search_seed=spec.search_seed,
                   scheduler=spec.scheduler, num_trials=spec.num_trials, repeats=spec.repeats,
@@ -244,7 +279,7 @@ def build_tuner(spec: "StudySpec", trainable: Callable | None = None):
 
     study_dir = _study_dir(spec)
     callbacks = [
-        StudyMLflowCallback(spec.mlflow_tracking_uri, spec.name, artifact_location_for(study_dir)),
+        StudyMLflowCallback(spec.mlflow_tracking_uri, spec.name, spec.mlflow_artifact_location),
         StudyProgress(spec.name, total=spec.num_samples, metric=spec.metric, mode=spec.mode),
     ]
     return Tuner(
@@ -276,7 +311,7 @@ def run_study(spec: "StudySpec", trainable: Callable | None = None) -> StudyOutc
     _write_spec(spec, study_dir)
     started_ray = _ensure_ray(spec.cluster_address)
     try:
-        _, parent_run_id = _tracking(spec, study_dir)
+        _, parent_run_id = _tracking(spec)
         tuner = build_tuner(spec, trainable)
         return _fit_and_finish(spec, tuner, study_dir, parent_run_id, start)
     finally:
@@ -296,13 +331,13 @@ def resume_study(study_dir: str | Path, trainable: Callable | None = None) -> St
 
     start = time.monotonic()
     study_dir = str(study_dir) if is_uri(study_dir) else os.path.abspath(study_dir)
-    spec = _read_spec(study_dir)
+    spec = load_study_spec(study_dir)
     if not Tuner.can_restore(study_dir):
         raise InputError(f"{study_dir}: no Ray Tune experiment state to resume (tuner.pkl missing); "
                          f"run the study with `routed-study run`")
     started_ray = _ensure_ray(spec.cluster_address)
     try:
-        _, parent_run_id = _tracking(spec, study_dir)
+        _, parent_run_id = _tracking(spec)
         tuner = Tuner.restore(study_dir, trainable=wrap_trainable(spec, trainable), resume_errored=True)
         return _fit_and_finish(spec, tuner, study_dir, parent_run_id, start)
     finally:
@@ -365,14 +400,12 @@ def _write_report(spec: "StudySpec", study_dir: str) -> dict[str, Path]:
     """The analysis report of the finished study; a failing report never loses the study's results.
 
     A study on remote storage (s3://...) is analysed from its MLflow runs, into
-    ``./reports/<name>`` on the driver.
+    ``spec.report_dir`` on the driver.
     """
     from analysis.report import build_report
 
-    if is_uri(study_dir):
-        source, experiment, out_dir = spec.mlflow_tracking_uri, spec.name, Path("reports", spec.name).absolute()
-    else:
-        source, experiment, out_dir = study_dir, None, Path(study_dir) / "report"
+    out_dir = spec.report_dir
+    source, experiment = (spec.mlflow_tracking_uri, spec.name) if is_uri(study_dir) else (study_dir, None)
     try:
         paths = build_report(source, out_dir, target=spec.metric, mode=spec.mode, experiment=experiment)
     except InputError as exc:  # e.g. too few completed trials to analyse

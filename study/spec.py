@@ -104,6 +104,17 @@ class StudySpec:
         return self.storage / self.name if isinstance(self.storage, Path) else f"{self.storage}/{self.name}"
 
     @property
+    def report_dir(self) -> Path:
+        """Where the report goes: beside the results, or ``./reports/<name>`` on the driver when the
+        results live on remote storage (the report is then built from the MLflow runs)."""
+        return self.study_dir / "report" if isinstance(self.study_dir, Path) else Path("reports", self.name).absolute()
+
+    @property
+    def mlflow_artifact_location(self) -> str | None:
+        """The MLflow experiment's artifact location (None: the tracking server's own)."""
+        return artifact_location_for(self.study_dir, self.mlflow_tracking_uri)
+
+    @property
     def num_samples(self) -> int:
         """Trials Ray runs: every configuration times its repeats."""
         return self.num_trials * self.repeats
@@ -222,6 +233,7 @@ class StudySpec:
         if not is_uri(value):
             raise InputError(f"key 'storage.{key}': {value!r} is not a URI (e.g. sqlite:////abs/path.db, "
                              f"postgresql://host/db, http://host:5000)")
+        _check_location(value, f"storage.{key}")
         return value
 
     # ---------------------------------------------------------- semantic checks
@@ -327,10 +339,13 @@ class StudySpec:
             f"{self.concurrency} at a time, up to {self.max_failures} retries each",
             f"resources per trial: {self.cpus_per_trial:g} CPU, {self.gpus_per_trial:g} GPU on "
             + (f"the Ray cluster at {self.cluster_address}" if self.cluster_address else "this machine"),
-            f"study directory: {self.study_dir}",
-            f"MLflow tracking: {self.mlflow_tracking_uri}",
-            f"Optuna storage: {self.optuna_storage} (study '{self.optuna_study_name}')",
-            f"report: {'written to ' + str(self.study_dir / 'report') if self.report else 'off'}",
+            "where everything goes:",
+            f"  Ray results and checkpoints: {self.study_dir}/<trial>/" + _s3_endpoint_note(self.study_dir),
+            f"  Optuna study '{self.optuna_study_name}': {self.optuna_storage}",
+            f"  MLflow runs (experiment '{self.name}'): {self.mlflow_tracking_uri}",
+            f"  MLflow artifacts: {self.mlflow_artifact_location or 'the tracking server artifact store (proxied)'}",
+            f"  report: {self.report_dir if self.report else 'off'}"
+            + (" (built from the MLflow runs)" if self.report and not isinstance(self.study_dir, Path) else ""),
         ]
 
 
@@ -429,7 +444,65 @@ def is_uri(value: str | Path) -> bool:
 
 def _storage(value: str) -> Path | str:
     """A local directory (absolute, relative to the working directory) or a URI kept as given."""
-    return value.rstrip("/") if is_uri(value) else Path(value).expanduser().absolute()
+    if not is_uri(value):
+        return Path(value).expanduser().absolute()
+    _check_location(value, "storage.dir")
+    return value.rstrip("/")
+
+
+#: S3 bucket names: 3-63 lowercase letters, digits, dots and hyphens, a letter or digit at each end.
+_BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+#: The standard AWS variables that point S3 clients (pyarrow, boto3) at another endpoint.
+S3_ENDPOINT_VARIABLES = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
+
+
+def _check_location(value: str, key: str) -> None:
+    """A bucket URI names a valid bucket (and its endpoint variable is a URL); an HTTP URI a host and port."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(value)
+    if parts.scheme in ("s3", "gs"):
+        if not _BUCKET.fullmatch(parts.netloc):
+            raise InputError(f"key '{key}': {value!r} does not name a valid bucket ({parts.scheme}://BUCKET/path; "
+                             f"3-63 lowercase letters, digits, '.' or '-')")
+        for variable in S3_ENDPOINT_VARIABLES if parts.scheme == "s3" else ():
+            endpoint = os.environ.get(variable)
+            if endpoint and not _is_http_endpoint(endpoint):
+                raise InputError(f"${variable}: {endpoint!r} is not an S3 endpoint URL (expected http(s)://HOST[:PORT]; "
+                                 f"unset it for AWS S3), needed by key '{key}' ({value})")
+    elif parts.scheme in ("http", "https") and not _is_http_endpoint(value):
+        raise InputError(f"key '{key}': {value!r} is not an HTTP endpoint (expected {parts.scheme}://HOST[:PORT], "
+                         f"e.g. http://127.0.0.1:5000)")
+
+
+def _is_http_endpoint(value: str) -> bool:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(value)
+    try:
+        parts.port  # raises on a port that is not a number in 0-65535
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname)
+
+
+def artifact_location_for(study_dir: str | Path, tracking_uri: str = "") -> str | None:
+    """``<study_dir>/mlartifacts`` as a URI (absolute file URI for a local directory); None for a
+    tracking server, which stores artifacts where its ``--artifacts-destination`` says (proxied,
+    so that clients need no storage credentials)."""
+    if tracking_uri.startswith(("http://", "https://")):
+        return None
+    if is_uri(study_dir):
+        return str(study_dir).rstrip("/") + "/mlartifacts"
+    return (Path(study_dir).resolve() / "mlartifacts").as_uri()
+
+
+def _s3_endpoint_note(location: str | Path) -> str:
+    """Which endpoint an s3:// location reaches when the standard AWS variables redirect it."""
+    if not str(location).startswith("s3://"):
+        return ""
+    variable = next((v for v in S3_ENDPOINT_VARIABLES if os.environ.get(v)), None)
+    return f" (S3 endpoint {os.environ[variable]}, from ${variable})" if variable else " (AWS S3)"
 
 
 def _check_writable(directory: Path, key: str) -> None:

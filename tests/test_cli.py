@@ -224,16 +224,16 @@ def test_ui_takes_a_study_dir_or_a_uri(tmp_path, capsys, monkeypatch):
     from study.spec import StudySpec
 
     served = []
-    monkeypatch.setattr(study.tracking, "serve_ui", lambda uri, host, port, artifacts_dir=None:
-                        served.append((uri, host, port, artifacts_dir)))
+    monkeypatch.setattr(study.tracking, "serve_ui", lambda uri, host, port, artifacts_dir=None, experiment=None:
+                        served.append((uri, host, port, artifacts_dir, experiment)))
     path = tmp_path / "good.yaml"
     path.write_text(yaml.safe_dump(GOOD))
     spec = StudySpec.load(path)
     spec.dump(spec.study_dir / "study.yaml")
     assert main(["ui", str(spec.study_dir), "--port", "5055"]) == 0
     assert main(["ui", "http://tracking:5000"]) == 0
-    assert served == [(spec.mlflow_tracking_uri, "127.0.0.1", 5055, spec.study_dir / "mlartifacts"),
-                      ("http://tracking:5000", "127.0.0.1", 5000, None)]
+    assert served == [(spec.mlflow_tracking_uri, "127.0.0.1", 5055, spec.study_dir / "mlartifacts", spec.name),
+                      ("http://tracking:5000", "127.0.0.1", 5000, None, None)]
     assert main(["ui", str(tmp_path)]) == 2
     assert "neither a tracking URI" in capsys.readouterr().err
 
