@@ -26,7 +26,7 @@ from trainables.routed_prompt.config import KNOBS, knob_values
 from study.progress import StudyProgress
 from study.spec import StudySpec, is_uri
 from study.tracking import (OPTUNA_TRIAL_KEY, StudyMLflowCallback, ensure_experiment, ensure_parent_run,
-                            finish_parent_run)
+                            finish_parent_run, runs_page)
 
 if TYPE_CHECKING:
     from ray.tune import ResultGrid
@@ -264,6 +264,8 @@ def _tracking(spec: "StudySpec") -> tuple[str, str]:
     params.update(search_algorithm=spec.search_algorithm, search_seed=spec.search_seed,
                   scheduler=spec.scheduler, num_trials=spec.num_trials, repeats=spec.repeats,
                   concurrency=spec.concurrency, metric=spec.metric, mode=spec.mode)
+    if spec.mlflow_tracking_uri.startswith(("http://", "https://")):
+        print(f"MLflow runs: {runs_page(spec.mlflow_tracking_uri, experiment_id)}", flush=True)
     return experiment_id, ensure_parent_run(spec.mlflow_tracking_uri, experiment_id, spec.name, params)
 
 
@@ -354,6 +356,8 @@ def _fit_and_finish(spec: "StudySpec", tuner, study_dir: str, parent_run_id: str
     # The study's progress lines are its terminal output; Ray's newer output engine prints a
     # configuration box and a TensorBoard hint even at verbose=0, its classic one nothing.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    # With a tracking server, MLflow prints two links per finished run; the study's page is printed once.
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     fit_started_at, fit_start = time.time(), time.monotonic()
     results = tuner.fit()
     fit_time = time.monotonic() - fit_start
