@@ -42,6 +42,7 @@ import pytest
 import yaml
 from ray.autoscaler._private.fake_multi_node.node_provider import FAKE_HEAD_NODE_ID
 
+from study.runner import CHECKPOINTS_KEPT
 from tiny_backbones import save_tiny_bert, write_tiny_glue
 
 REPO = Path(__file__).resolve().parents[1]
@@ -353,16 +354,17 @@ def test_cluster_path_autoscaled_s3_mlflow_server_kill_and_resume(tmp_path, monk
 
         # --- S3: Ray's checkpoints and trial files, MLflow's artifacts (proxied by the server)
         keys = all_keys(s3, bucket)
-        checkpoints = {k.rsplit("/", 2)[0] for k in keys if re.search(r"/checkpoint_\d+/", k)}
+        checkpoints = {m.group(0) for m in map(re.compile(r"^.*/checkpoint_\d+/").match, keys) if m}
         mlflow_artifacts = [k for k in keys if k.startswith("mlartifacts/")]
         figures["s3_objects"] = {
             "total": len(keys), "ray_study_files": sum(k.startswith("studies/") for k in keys),
-            "checkpoints_kept": len(checkpoints),
+            "checkpoints_kept": len(checkpoints),  # CHECKPOINTS_KEPT per trial, the older ones deleted
             "checkpoint_files": sum(bool(re.search(r"/checkpoint_\d+/", k)) for k in keys),
             "mlflow_artifacts": len(mlflow_artifacts),
             "router_matrices_in_mlflow": sum(k.endswith("/router_matrix.csv") for k in mlflow_artifacts)}
         assert f"studies/rehearsal/{'study.yaml'}" in keys and any(k.endswith("tuner.pkl") for k in keys)
         assert figures["s3_objects"]["router_matrices_in_mlflow"] == TRIALS, figures["s3_objects"]
+        assert len(checkpoints) == TRIALS * CHECKPOINTS_KEPT, sorted(checkpoints)
         artifacts = client.list_artifacts(children[0].info.run_id)
         assert {"router_matrix.csv", "router_heatmap.png"} <= {a.path for a in artifacts}
 
@@ -371,6 +373,16 @@ def test_cluster_path_autoscaled_s3_mlflow_server_kill_and_resume(tmp_path, monk
         assert f"report: {report}" in resumed.stdout, resumed.stdout[-2000:]
         trials_csv = (report.parent / "trials.csv").read_text().splitlines()
         assert len(trials_csv) == TRIALS + 1  # header + one row per MLflow child run
+
+        # --- `analyze` and `ui` take the study's s3:// URI too (its study.yaml names the tracking server)
+        analyzed = subprocess.run([str(CONSOLE), "analyze", study_uri, "--out", str(tmp_path / "analysis")],
+                                  env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+        assert analyzed.returncode == 0, analyzed.stderr[-3000:]
+        assert len((tmp_path / "analysis" / "trials.csv").read_text().splitlines()) == TRIALS + 1
+        shown = subprocess.run([str(CONSOLE), "ui", study_uri], env=env, cwd=tmp_path, capture_output=True,
+                               text=True, timeout=120)
+        assert shown.returncode == 0, shown.stderr[-3000:]
+        assert shown.stdout.startswith(f"MLflow UI: {tracking_uri}/#/experiments/{experiment.experiment_id}/runs ")
 
         # --- the idle workers go away
         launched = set(watch.seen)
