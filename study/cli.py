@@ -148,18 +148,18 @@ def build_parser() -> argparse.ArgumentParser:
     command("run", _run, "run a study (prepares the offline data first when missing)").add_argument(
         "spec", help="study spec (YAML)")
     command("resume", _resume, "continue an interrupted study from its directory").add_argument(
-        "study_dir", help="the study's directory (holds study.yaml)")
+        "study_dir", help="the study's directory or URI, e.g. s3://bucket/studies/name (holds study.yaml)")
 
     p = command("analyze", _analyze, "write the analysis report of a study")
-    p.add_argument("source", help="a study directory, a CSV of trials, or an MLflow tracking URI")
+    p.add_argument("source", help="a study directory or URI (s3://...), a CSV of trials, or an MLflow tracking URI")
     p.add_argument("--out", required=True, help="report directory")
     p.add_argument("--target", default="score", help="metric to explain (default: score)")
     p.add_argument("--mode", default="max", choices=("max", "min"))
     p.add_argument("--findings", default=None, help="findings file (default: the shipped one)")
     p.add_argument("--experiment", default=None, help="MLflow experiment name (with a tracking URI)")
 
-    p = command("ui", _ui, "serve the MLflow UI over a study's tracking store")
-    p.add_argument("target", metavar="STUDY_DIR_OR_URI")
+    p = command("ui", _ui, "serve the MLflow UI over a study's tracking store and print the study's runs page")
+    p.add_argument("target", metavar="STUDY_DIR_OR_URI", help="a study directory or URI, or a tracking URI")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=5000)
 
