@@ -352,9 +352,15 @@ def _raise_interrupt(signum, frame):
 
 
 def _experiment_id(tracking_uri: str, experiment: str | None) -> str | None:
+    from mlflow.exceptions import MlflowException
+
     if experiment is None:
         return None
-    found = client_for(tracking_uri).get_experiment_by_name(experiment)
+    try:
+        found = client_for(tracking_uri).get_experiment_by_name(experiment)
+    except MlflowException as exc:  # e.g. a tracking server that does not answer
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InputError(f"ui: cannot read experiment '{experiment}' from {tracking_uri}: {first_line}") from None
     return None if found is None else found.experiment_id
 
 

@@ -111,3 +111,17 @@ def test_ui_serves_the_runs_page_and_sigterm_stops_its_process_group(tracked_stu
                     process.kill()
             except psutil.Error:
                 pass
+
+
+def test_ui_of_a_study_whose_tracking_server_is_down_is_one_line(tmp_path, capsys, monkeypatch):
+    from study.cli import main
+    from study.spec import StudySpec
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # fail at once instead of backing off
+    raw = yaml.safe_load((REPO / "study" / "specs" / "smoke.yaml").read_text())
+    raw["storage"] = {"dir": str(tmp_path / "studies"), "mlflow_tracking_uri": f"http://127.0.0.1:{free_port()}"}
+    spec = StudySpec.from_dict(raw)
+    spec.dump(spec.study_dir / "study.yaml")
+    assert main(["ui", str(spec.study_dir)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"cannot read experiment 'smoke' from {raw['storage']['mlflow_tracking_uri']}" in err
