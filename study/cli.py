@@ -67,6 +67,18 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+#: URI schemes of MLflow tracking stores; any other URI (s3://...) is a study's storage.
+TRACKING_SCHEMES = ("http", "https", "sqlite", "postgresql", "mysql", "mssql", "file", "databricks")
+
+
+def _is_tracking_uri(target: str) -> bool:
+    from urllib.parse import urlsplit
+
+    from study.location import is_uri
+
+    return is_uri(target) and urlsplit(target).scheme.split("+")[0] in TRACKING_SCHEMES
+
+
 def _resume(args: argparse.Namespace) -> int:
     from study.location import Location
     from study.runner import resume_study
@@ -77,30 +89,38 @@ def _resume(args: argparse.Namespace) -> int:
 
 def _analyze(args: argparse.Namespace) -> int:
     from analysis.report import build_report
+    from study.location import is_uri
 
-    paths = build_report(args.source, args.out, target=args.target, mode=args.mode,
-                         findings=args.findings, experiment=args.experiment)
+    source, experiment = args.source, args.experiment
+    if is_uri(source) and not _is_tracking_uri(source):
+        # A study on remote storage (s3://...): its results are analysed from its MLflow runs.
+        from study.runner import load_study_spec
+
+        spec = load_study_spec(source)
+        source, experiment = spec.mlflow_tracking_uri, experiment or spec.name
+    paths = build_report(source, args.out, target=args.target, mode=args.mode,
+                         findings=args.findings, experiment=experiment)
     for kind, path in paths.items():
         print(f"{kind}: {path}")
     return 0
 
 
 def _ui(args: argparse.Namespace) -> int:
-    from study.spec import StudySpec, is_uri
+    from study.location import Location
+    from study.runner import SPEC_FILE, load_study_spec
     from study.tracking import serve_ui
 
     target = args.target
-    if is_uri(target):
+    if _is_tracking_uri(target):
         serve_ui(target, host=args.host, port=args.port)
         return 0
-    study_dir = Path(target)
-    spec_file = study_dir / "study.yaml"
-    if not spec_file.is_file():
+    study_dir = Location(target)  # a study directory, local or on remote storage (s3://...)
+    if not (study_dir / SPEC_FILE).is_file():
         raise InputError(f"ui: {target} is neither a tracking URI (sqlite:///..., http://...) nor a study "
-                         f"directory (no study.yaml in it)")
-
-    spec = StudySpec.load(spec_file)
-    serve_ui(spec.mlflow_tracking_uri, host=args.host, port=args.port, artifacts_dir=study_dir / "mlartifacts")
+                         f"directory (no {SPEC_FILE} in it)")
+    spec = load_study_spec(study_dir)
+    serve_ui(spec.mlflow_tracking_uri, host=args.host, port=args.port, artifacts_dir=spec.mlflow_artifact_location,
+             experiment=spec.name)
     return 0
 
 
@@ -127,18 +147,18 @@ def build_parser() -> argparse.ArgumentParser:
     command("run", _run, "run a study (prepares the offline data first when missing)").add_argument(
         "spec", help="study spec (YAML)")
     command("resume", _resume, "continue an interrupted study from its directory").add_argument(
-        "study_dir", help="the study's directory (holds study.yaml)")
+        "study_dir", help="the study's directory or URI, e.g. s3://bucket/studies/name (holds study.yaml)")
 
     p = command("analyze", _analyze, "write the analysis report of a study")
-    p.add_argument("source", help="a study directory, a CSV of trials, or an MLflow tracking URI")
+    p.add_argument("source", help="a study directory or URI (s3://...), a CSV of trials, or an MLflow tracking URI")
     p.add_argument("--out", required=True, help="report directory")
     p.add_argument("--target", default="score", help="metric to explain (default: score)")
     p.add_argument("--mode", default="max", choices=("max", "min"))
     p.add_argument("--findings", default=None, help="findings file (default: the shipped one)")
     p.add_argument("--experiment", default=None, help="MLflow experiment name (with a tracking URI)")
 
-    p = command("ui", _ui, "serve the MLflow UI over a study's tracking store")
-    p.add_argument("target", metavar="STUDY_DIR_OR_URI")
+    p = command("ui", _ui, "serve the MLflow UI over a study's tracking store and print the study's runs page")
+    p.add_argument("target", metavar="STUDY_DIR_OR_URI", help="a study directory or URI, or a tracking URI")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=5000)
 

@@ -15,11 +15,58 @@ import re
 from pathlib import Path
 
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+#: S3 bucket names: 3-63 lowercase letters, digits, dots and hyphens, a letter or digit at each end.
+_BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+#: The standard AWS variables that point S3 clients (pyarrow, boto3) at another endpoint.
+S3_ENDPOINT_VARIABLES = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
 
 
 def is_uri(value: str | os.PathLike) -> bool:
     """A location with a scheme (s3://, sqlite:///, http://) rather than a local path."""
     return _SCHEME.match(str(value)) is not None
+
+
+def check_location(value: str, key: str) -> None:
+    """A bucket URI names a valid bucket (and its endpoint variable is a URL); an HTTP URI a host and port.
+
+    Checks the text only (no network), so ``validate`` catches a malformed URI before any trial.
+    """
+    from urllib.parse import urlsplit
+
+    from trainables.errors import InputError
+
+    parts = urlsplit(value)
+    if parts.scheme in ("s3", "gs"):
+        if not _BUCKET.fullmatch(parts.netloc):
+            raise InputError(f"key '{key}': {value!r} does not name a valid bucket ({parts.scheme}://BUCKET/path; "
+                             f"3-63 lowercase letters, digits, '.' or '-')")
+        for variable in S3_ENDPOINT_VARIABLES if parts.scheme == "s3" else ():
+            endpoint = os.environ.get(variable)
+            if endpoint and not _is_http_endpoint(endpoint):
+                raise InputError(f"${variable}: {endpoint!r} is not an S3 endpoint URL (expected "
+                                 f"http(s)://HOST[:PORT]; unset it for AWS S3), needed by key '{key}' ({value})")
+    elif parts.scheme in ("http", "https") and not _is_http_endpoint(value):
+        raise InputError(f"key '{key}': {value!r} is not an HTTP endpoint (expected {parts.scheme}://HOST[:PORT], "
+                         f"e.g. http://127.0.0.1:5000)")
+
+
+def _is_http_endpoint(value: str) -> bool:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(value)
+    try:
+        parts.port  # raises on a port that is not a number in 0-65535
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname)
+
+
+def s3_endpoint_note(location: "str | Location") -> str:
+    """Which endpoint an s3:// location reaches when the standard AWS variables redirect it."""
+    if not str(location).startswith("s3://"):
+        return ""
+    variable = next((v for v in S3_ENDPOINT_VARIABLES if os.environ.get(v)), None)
+    return f" (S3 endpoint {os.environ[variable]}, from ${variable})" if variable else " (AWS S3)"
 
 
 class Location:

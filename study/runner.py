@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
@@ -24,8 +25,8 @@ from trainables.routed_prompt.config import knob_values
 from study.location import Location
 from study.progress import StudyProgress
 from study.spec import StudySpec
-from study.tracking import (StudyMLflowCallback, artifact_location_for, ensure_experiment, ensure_parent_run,
-                            finish_parent_run)
+from study.tracking import (StudyMLflowCallback, ensure_experiment, ensure_parent_run, finish_parent_run,
+                            runs_page)
 
 if TYPE_CHECKING:
     from ray.tune import ResultGrid
@@ -164,7 +165,9 @@ def wrap_trainable(spec: "StudySpec", trainable: Callable | None):
     return tune.with_resources(tune.with_parameters(trainable, setup=spec.setup), resources)
 
 
-def _read_spec(study_dir: Location) -> StudySpec:
+def load_study_spec(study_dir: str | Path | Location) -> StudySpec:
+    """The spec a study ran with (``<study_dir>/study.yaml``), from a local directory or a URI."""
+    study_dir = Location(study_dir)
     if not (study_dir / SPEC_FILE).is_file():
         raise InputError(f"{study_dir}: not a study directory (no {SPEC_FILE}); "
                          f"start a study with `routed-study run SPEC`")
@@ -173,7 +176,8 @@ def _read_spec(study_dir: Location) -> StudySpec:
 
 def _ensure_ray(address: str | None) -> bool:
     """Connect to the cluster at ``address`` (or RAY_ADDRESS), else start a local Ray on all
-    cores without the dashboard; unless Ray already runs. True if this call started it."""
+    cores without the dashboard, listening on loopback only; unless Ray already runs. True if
+    this call started it."""
     import ray
 
     if ray.is_initialized():
@@ -181,17 +185,51 @@ def _ensure_ray(address: str | None) -> bool:
     if address or os.environ.get("RAY_ADDRESS"):
         ray.init(address=address)
     else:
-        ray.init(num_cpus=os.cpu_count(), include_dashboard=False)
+        with _loopback_only():
+            ray.init(num_cpus=os.cpu_count(), include_dashboard=False)
     return True
 
 
-def _tracking(spec: "StudySpec", study_dir: Location) -> tuple[str, str]:
+#: Ray's switch for single-machine Ray on Windows and macOS (undocumented on Linux); see _loopback_only.
+RAY_SINGLE_MACHINE_SWITCH = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+@contextmanager
+def _loopback_only():
+    """While a local Ray starts: its processes listen on 127.0.0.1 instead of every interface.
+
+    Why an undocumented switch: Ray 2.60 has no setting for it. It rewrites
+    ``_node_ip_address="127.0.0.1"`` to the machine's address, and its GCS, raylet and workers
+    then listen on all interfaces. With ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` ("no multi-node
+    cluster") it keeps the loopback address, and every listener follows it. Ray reads the
+    variable once at import (``ray_constants.ENABLE_RAY_CLUSTER``, which ``services`` consults at
+    call time), so both are set while ``ray.init`` starts the processes, which inherit the
+    variable. tests/test_cluster_sockets.py fails when this stops working.
+    """
+    from ray._private import ray_constants
+
+    saved_variable, saved_flag = os.environ.get(RAY_SINGLE_MACHINE_SWITCH), ray_constants.ENABLE_RAY_CLUSTER
+    os.environ[RAY_SINGLE_MACHINE_SWITCH] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved_flag
+        if saved_variable is None:
+            os.environ.pop(RAY_SINGLE_MACHINE_SWITCH, None)
+        else:
+            os.environ[RAY_SINGLE_MACHINE_SWITCH] = saved_variable
+
+
+def _tracking(spec: "StudySpec") -> tuple[str, str]:
     """Create (or find) the study's MLflow experiment and parent run; return their ids."""
-    experiment_id = ensure_experiment(spec.mlflow_tracking_uri, spec.name, artifact_location_for(study_dir))
+    experiment_id = ensure_experiment(spec.mlflow_tracking_uri, spec.name, spec.mlflow_artifact_location)
     params = {f"setup.{k}": v for k, v in spec.setup.to_dict().items()}
     params.update(search_algorithm=spec.search_algorithm, search_seed=spec.search_seed,
                   scheduler=spec.scheduler, num_trials=spec.num_trials, repeats=spec.repeats,
                   concurrency=spec.concurrency, metric=spec.metric, mode=spec.mode)
+    if spec.mlflow_tracking_uri.startswith(("http://", "https://")):
+        print(f"MLflow runs: {runs_page(spec.mlflow_tracking_uri, experiment_id)}", flush=True)
     return experiment_id, ensure_parent_run(spec.mlflow_tracking_uri, experiment_id, spec.name, params)
 
 
@@ -207,7 +245,7 @@ def build_tuner(spec: "StudySpec", trainable: Callable | None = None):
 
     study_dir = spec.study_dir
     callbacks = [
-        StudyMLflowCallback(spec.mlflow_tracking_uri, spec.name, artifact_location_for(study_dir)),
+        StudyMLflowCallback(spec.mlflow_tracking_uri, spec.name, spec.mlflow_artifact_location),
         StudyProgress(spec.name, total=spec.num_samples, metric=spec.metric, mode=spec.mode),
     ]
     return Tuner(
@@ -239,7 +277,7 @@ def run_study(spec: "StudySpec", trainable: Callable | None = None) -> StudyOutc
     spec.dump(study_dir / SPEC_FILE)  # the resolved spec that `resume` reads back
     started_ray = _ensure_ray(spec.cluster_address)
     try:
-        _, parent_run_id = _tracking(spec, study_dir)
+        _, parent_run_id = _tracking(spec)
         tuner = build_tuner(spec, trainable)
         return _fit_and_finish(spec, tuner, study_dir, parent_run_id, start)
     finally:
@@ -259,13 +297,13 @@ def resume_study(study_dir: str | Path | Location, trainable: Callable | None = 
 
     start = time.monotonic()
     study_dir = Location(study_dir)
-    spec = _read_spec(study_dir)
+    spec = load_study_spec(study_dir)
     if not Tuner.can_restore(str(study_dir)):
         raise InputError(f"{study_dir}: no Ray Tune experiment state to resume (tuner.pkl missing); "
                          f"run the study with `routed-study run`")
     started_ray = _ensure_ray(spec.cluster_address)
     try:
-        _, parent_run_id = _tracking(spec, study_dir)
+        _, parent_run_id = _tracking(spec)
         tuner = Tuner.restore(str(study_dir), trainable=wrap_trainable(spec, trainable), resume_errored=True)
         return _fit_and_finish(spec, tuner, study_dir, parent_run_id, start)
     finally:
@@ -283,6 +321,8 @@ def _fit_and_finish(spec: "StudySpec", tuner, study_dir: Location, parent_run_id
     # The study's progress lines are its terminal output; Ray's newer output engine prints a
     # configuration box and a TensorBoard hint even at verbose=0, its classic one nothing.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    # With a tracking server, MLflow prints two links per finished run; the study's page is printed once.
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     fit_started_at, fit_start = time.time(), time.monotonic()
     results = tuner.fit()
     fit_time = time.monotonic() - fit_start

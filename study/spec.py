@@ -37,7 +37,7 @@ from pydantic import Field
 
 from search_spaces import SearchSpace, get_space
 from search_spaces.base import Override
-from study.location import Location, is_uri
+from study.location import Location, check_location, is_uri, s3_endpoint_note
 from trainables.errors import InputError, did_you_mean
 from trainables.routed_prompt.config import KNOBS
 from trainables.schema import Section, parse
@@ -48,7 +48,7 @@ SCHEDULERS = ("asha", "none")
 MODES = ("max", "min")
 #: Trials of a random or TPE search when ``trials.num`` is not given.
 DEFAULT_NUM_TRIALS = 10
-__all__ = ["StudyFile", "StudySpec", "is_uri"]  # is_uri: the `ui` command imports it from here
+__all__ = ["StudyFile", "StudySpec"]
 
 
 def _setup_field(name: str, **changes: Any) -> Any:
@@ -210,6 +210,11 @@ class StudySpec:
         return self.storage / self.name
 
     @property
+    def mlflow_artifact_location(self) -> str | None:
+        """The MLflow experiment's artifact location (None: the tracking server's own)."""
+        return artifact_location_for(self.study_dir, self.mlflow_tracking_uri)
+
+    @property
     def num_samples(self) -> int:
         """Trials Ray runs: every configuration times its repeats."""
         return self.num_trials * self.repeats
@@ -263,6 +268,7 @@ class StudySpec:
             raise InputError("key 'trials.repeats': repeats > 1 needs scheduler: none (ASHA would stop some "
                              "repeats of a configuration early and bias its average)")
         storage = Location(given.storage.dir)
+        check_location(str(storage), "storage.dir")
         study_dir = storage / given.name
         resolved = given.model_copy(update={
             "data": d.model_copy(update={"dir": setup.data_dir}),
@@ -362,10 +368,13 @@ class StudySpec:
             f"{self.concurrency} at a time, up to {self.max_failures} retries each",
             f"resources per trial: {self.cpus_per_trial:g} CPU, {self.gpus_per_trial:g} GPU on "
             + (f"the Ray cluster at {self.cluster_address}" if self.cluster_address else "this machine"),
-            f"study directory: {self.study_dir}",
-            f"MLflow tracking: {self.mlflow_tracking_uri}",
-            f"Optuna storage: {self.optuna_storage} (study '{self.optuna_study_name}')",
-            f"report: {'written to ' + str(self.report_dir()) if self.report else 'off'}",
+            "where everything goes:",
+            f"  Ray results and checkpoints: {self.study_dir}/<trial>/" + s3_endpoint_note(self.study_dir),
+            f"  Optuna study '{self.optuna_study_name}': {self.optuna_storage}",
+            f"  MLflow runs (experiment '{self.name}'): {self.mlflow_tracking_uri}",
+            f"  MLflow artifacts: {self.mlflow_artifact_location or 'the tracking server artifact store (proxied)'}",
+            f"  report: {self.report_dir() if self.report else 'off'}"
+            + (" (built from the MLflow runs)" if self.report and not self.study_dir.is_local else ""),
         ]
 
     def report_dir(self) -> Location:
@@ -407,7 +416,17 @@ def _store_uri(storage: Storage, key: str, study_dir: Location, filename: str) -
     if not is_uri(value):
         raise InputError(f"key 'storage.{key}': {value!r} is not a URI (e.g. sqlite:////abs/path.db, "
                          f"postgresql://host/db, http://host:5000)")
+    check_location(value, f"storage.{key}")
     return value
+
+
+def artifact_location_for(study_dir: str | Path | Location, tracking_uri: str = "") -> str | None:
+    """``<study_dir>/mlartifacts`` as a URI (absolute file URI for a local directory); None for a
+    tracking server, which stores artifacts where its ``--artifacts-destination`` says (proxied,
+    so that clients need no storage credentials)."""
+    if tracking_uri.startswith(("http://", "https://")):
+        return None
+    return (Location(study_dir) / "mlartifacts").as_uri()
 
 
 def _import_plugins(names: list[str], where: str) -> None:

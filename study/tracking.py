@@ -9,8 +9,10 @@ existing child runs by tag instead of creating new ones.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Mapping
@@ -18,7 +20,8 @@ from typing import TYPE_CHECKING, Any, Iterable, Mapping
 from ray.air.integrations.mlflow import MLflowLoggerCallback
 from ray.tune.result import AUTO_RESULT_KEYS
 
-from study.location import Location
+from study.spec import artifact_location_for  # noqa: F401  (defined with the spec's locations; imported from here too)
+from trainables.errors import InputError
 from trainables.results import (OPTUNA_TRIAL_KEY, REPEAT_INDEX_KEY, TIMING_METRICS, TRAINING_ITERATION,
                                 TRIAL_ARTIFACTS)
 from trainables.routed_prompt.config import knob_values
@@ -59,7 +62,7 @@ def client_for(tracking_uri: str) -> "MlflowClient":
         return MlflowClient(tracking_uri=tracking_uri)
 
 
-def ensure_experiment(tracking_uri: str, name: str, artifact_location: str) -> str:
+def ensure_experiment(tracking_uri: str, name: str, artifact_location: str | None) -> str:
     """Return the id of experiment ``name``, creating it with an explicit artifact location.
 
     The explicit location keeps artifacts beside the study (MLflow's default for a
@@ -70,11 +73,6 @@ def ensure_experiment(tracking_uri: str, name: str, artifact_location: str) -> s
     if experiment is not None:
         return experiment.experiment_id
     return client.create_experiment(name, artifact_location=artifact_location)
-
-
-def artifact_location_for(study_dir: str | Path | Location) -> str:
-    """``<study_dir>/mlartifacts`` as a URI (absolute file URI for a local directory)."""
-    return (Location(study_dir) / "mlartifacts").as_uri()
 
 
 def ensure_parent_run(tracking_uri: str, experiment_id: str, study_name: str,
@@ -299,25 +297,98 @@ def _first_error_line(trial: "Trial") -> str:
     return "trial errored (no error file)"
 
 
-def serve_ui(tracking_uri: str, host: str = "127.0.0.1", port: int = 5000,
-             artifacts_dir: str | Path | None = None) -> None:
-    """Run the MLflow UI over a study's tracking store until interrupted.
+def runs_page(base_url: str, experiment_id: str | None) -> str:
+    """The MLflow UI page of an experiment's runs (parent and nested trials); MLflow 3's start
+    page is the GenAI overview, where a study's runs are one unlabelled click away."""
+    base_url = base_url.rstrip("/")
+    return f"{base_url}/#/experiments/{experiment_id}/runs" if experiment_id else base_url
 
-    Binds to 127.0.0.1 unless ``host`` says otherwise: the UI has no
-    authentication, so reach a remote one through SSH port forwarding.
+
+def serve_ui(tracking_uri: str, host: str = "127.0.0.1", port: int = 5000,
+             artifacts_dir: str | Path | None = None, experiment: str | None = None) -> None:
+    """Run the MLflow UI over a study's tracking store until interrupted; print its runs page.
+
+    Binds to 127.0.0.1 unless ``host`` says otherwise: the UI has no authentication, so
+    reach a remote one through SSH port forwarding. A tracking server (http://...) already
+    serves the UI: its page is printed and nothing is started. SIGINT and SIGTERM stop the
+    server this call started, with every process of its group.
     """
+    experiment_id = _experiment_id(tracking_uri, experiment)
+    if tracking_uri.startswith(("http://", "https://")):
+        print(f"MLflow UI: {runs_page(tracking_uri, experiment_id)}  (served by the tracking server)", flush=True)
+        return
+    _check_port_free(host, port)
     command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", tracking_uri,
                "--host", host, "--port", str(port), "--workers", "1"]
     if artifacts_dir is not None:
         command += ["--artifacts-destination", str(artifacts_dir)]
     env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
     shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
-    print(f"MLflow UI: http://{shown}:{port}  (Ctrl-C stops it)", flush=True)
+    print(f"MLflow UI: {runs_page(f'http://{shown}:{port}', experiment_id)}  (Ctrl-C stops it)", flush=True)
     if host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: bound to {host}; the MLflow UI has no authentication", file=sys.stderr, flush=True)
-    process = subprocess.Popen(command, env=env)
+    # Its own process group, so that one signal reaches the server's workers too.
+    process = subprocess.Popen(command, env=env, start_new_session=True)
+    on_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt) if on_main_thread else None
     try:
         process.wait()
     except KeyboardInterrupt:
-        process.terminate()
-        process.wait(timeout=30)
+        pass
+    finally:
+        if on_main_thread:
+            signal.signal(signal.SIGTERM, previous)
+        stop_process_group(process)
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def _experiment_id(tracking_uri: str, experiment: str | None) -> str | None:
+    from mlflow.exceptions import MlflowException
+
+    if experiment is None:
+        return None
+    try:
+        found = client_for(tracking_uri).get_experiment_by_name(experiment)
+    except MlflowException as exc:  # e.g. a tracking server that does not answer
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InputError(f"ui: cannot read experiment '{experiment}' from {tracking_uri}: {first_line}") from None
+    return None if found is None else found.experiment_id
+
+
+def _check_port_free(host: str, port: int) -> None:
+    """Fail before starting a server that could not listen (MLflow would print a traceback)."""
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server does: TIME_WAIT is no conflict
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise InputError(f"ui: port {port} on {host} is in use ({exc.strerror}); choose another with --port") from None
+
+
+def stop_process_group(process: subprocess.Popen, grace_s: float = 20.0) -> None:
+    """SIGTERM to the process group led by ``process``, SIGKILL to whatever is left after ``grace_s``."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            return  # the whole group is gone
+        deadline = time.monotonic() + grace_s
+        while time.monotonic() < deadline and _group_alive(process):
+            time.sleep(0.1)
+        if not _group_alive(process):
+            return
+
+
+def _group_alive(process: subprocess.Popen) -> bool:
+    process.poll()  # reap the leader once it exits
+    try:
+        os.killpg(process.pid, 0)
+        return True
+    except ProcessLookupError:
+        return False

@@ -224,16 +224,17 @@ def test_ui_takes_a_study_dir_or_a_uri(tmp_path, capsys, monkeypatch):
     from study.spec import StudySpec
 
     served = []
-    monkeypatch.setattr(study.tracking, "serve_ui", lambda uri, host, port, artifacts_dir=None:
-                        served.append((uri, host, port, artifacts_dir)))
+    monkeypatch.setattr(study.tracking, "serve_ui", lambda uri, host, port, artifacts_dir=None, experiment=None:
+                        served.append((uri, host, port, artifacts_dir, experiment)))
     path = tmp_path / "good.yaml"
     path.write_text(yaml.safe_dump(GOOD))
     spec = StudySpec.load(path)
     spec.dump(spec.study_dir / "study.yaml")
     assert main(["ui", str(spec.study_dir), "--port", "5055"]) == 0
     assert main(["ui", "http://tracking:5000"]) == 0
-    assert served == [(spec.mlflow_tracking_uri, "127.0.0.1", 5055, spec.study_dir / "mlartifacts"),
-                      ("http://tracking:5000", "127.0.0.1", 5000, None)]
+    assert spec.mlflow_artifact_location == (spec.study_dir / "mlartifacts").as_uri()
+    assert served == [(spec.mlflow_tracking_uri, "127.0.0.1", 5055, spec.mlflow_artifact_location, spec.name),
+                      ("http://tracking:5000", "127.0.0.1", 5000, None, None)]
     assert main(["ui", str(tmp_path)]) == 2
     assert "neither a tracking URI" in capsys.readouterr().err
 
@@ -260,9 +261,11 @@ def test_validate_prints_the_plan_of_a_cluster_spec_with_remote_stores(tmp_path,
     path.write_text(yaml.safe_dump(spec))
     assert main(["validate", str(path)]) == 0
     out = capsys.readouterr().out
-    for text in ("study directory: s3://bucket/studies/cli", "MLflow tracking: http://mlflow.internal:5000",
-                 "Optuna storage: postgresql://optuna@db.internal/optuna (study 'cli')",
-                 "64 CPU, 1 GPU on the Ray cluster at auto", f"report: written to {tmp_path}/reports/cli",
+    for text in ("Ray results and checkpoints: s3://bucket/studies/cli/<trial>/",
+                 "MLflow runs (experiment 'cli'): http://mlflow.internal:5000",
+                 "MLflow artifacts: the tracking server artifact store (proxied)",
+                 "Optuna study 'cli': postgresql://optuna@db.internal/optuna",
+                 "64 CPU, 1 GPU on the Ray cluster at auto", f"report: {tmp_path}/reports/cli",
                  f"{path}: OK"):
         assert text in out, text
     assert not (tmp_path / "s3:").exists() and not (tmp_path / "studies").exists()

@@ -87,13 +87,14 @@ def test_ui_binds_where_asked_and_warns_when_public(host, warned, monkeypatch, c
     commands = []
 
     class FakeServer:
-        def __init__(self, command, env):
+        def __init__(self, command, env, **options):
             commands.append(command)
 
         def wait(self, timeout=None):
             return 0
 
     monkeypatch.setattr(study.tracking.subprocess, "Popen", FakeServer)
+    monkeypatch.setattr(study.tracking, "stop_process_group", lambda process: None)  # no real process group
     kwargs = {} if host is None else {"host": host}
     study.tracking.serve_ui("sqlite:////tmp/x.db", port=5123, **kwargs)
     command = commands[0]
