@@ -36,7 +36,6 @@ Decisions worth knowing:
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import re
 from dataclasses import dataclass
@@ -162,6 +161,7 @@ class StudySpec:
         space = get_space(r.get("space.name", str, "findings"), where="key 'space.name'")
         space = space.customise(r.get("space.override", dict, {}), r.get("space.fixed", dict, {}),
                                 where="space")
+        space.check_setup(setup, where="space")
 
         algorithm = r.get("search.algorithm", str, "tpe", choices=SEARCH_ALGORITHMS)
         grid = space.grid()
@@ -169,7 +169,7 @@ class StudySpec:
             raise InputError(f"key 'search.algorithm': grid needs a space of unconditional choices only; "
                              f"space '{space.name}' has ranges or conditions (use tpe/random, or give every "
                              f"searched knob 'choices' without 'when')")
-        grid_size = math.prod(len(v) for v in grid.values()) if grid else None
+        grid_size = space.grid_size()  # distinct models only
         num_trials = r.get("trials.num", int, grid_size if algorithm == "grid" else 10, low=1)
         if algorithm == "grid" and num_trials > grid_size:
             raise InputError(f"key 'trials.num': {num_trials} exceeds the grid's {grid_size} points")
@@ -261,7 +261,7 @@ class StudySpec:
         import optuna
 
         if self.search_algorithm == "grid":
-            return _ask_tell_grid_sampler()(self.space.grid(), seed=self.search_seed)
+            return self.space.grid_sampler(seed=self.search_seed)
         if self.search_algorithm == "random":
             return optuna.samplers.RandomSampler(seed=self.search_seed)
         return optuna.samplers.TPESampler(seed=self.search_seed)
@@ -319,6 +319,7 @@ class StudySpec:
             f"split seed {s.split_seed}, data in {s.data_dir})",
             f"space '{self.space.name}': {searched} searched knob(s), {len(self.space.constants())} fixed  -- {doc}",
             *self.space.describe(),
+            *self.space.inert_report(),
             f"search: {self.search_algorithm} (seed {self.search_seed}), optimising {self.metric} ({self.mode})",
             f"scheduler: {self.scheduler}" + (f" (grace period {self.grace_period}, reduction factor "
                                                f"{self.reduction_factor:g}, max {self.max_epochs()} epochs)"
@@ -332,23 +333,6 @@ class StudySpec:
             f"Optuna storage: {self.optuna_storage} (study '{self.optuna_study_name}')",
             f"report: {'written to ' + str(self.study_dir / 'report') if self.report else 'off'}",
         ]
-
-
-def _ask_tell_grid_sampler():
-    import optuna
-
-    class AskTellGridSampler(optuna.samplers.GridSampler):
-        """GridSampler for ask-and-tell use (Ray's OptunaSearch).
-
-        Optuna's GridSampler calls ``study.stop()`` after the last grid point, which
-        raises outside ``study.optimize``: the tell of the study's last trial would
-        fail. Ray already stops after ``trials.num`` (at most the grid size) trials.
-        """
-
-        def after_trial(self, study, trial, state, values) -> None:
-            return None
-
-    return AskTellGridSampler
 
 
 class _Reader:

@@ -33,6 +33,8 @@ class TrialSetup:
     eval_per_task: int = field(default=200, metadata={"help": "Validation and test examples per task."})
     max_length: int = field(default=64, metadata={"help": "Input tokens kept per example (before the prompt)."})
     split_seed: int = field(default=0, metadata={"help": "Seed of the per-task sample of examples."})
+    plugins: tuple[str, ...] = field(default=(), metadata={
+        "help": "Modules imported on every worker before a trial (they register methods)."})
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any], where: str = "setup") -> "TrialSetup":
@@ -48,6 +50,7 @@ class TrialSetup:
             raise InputError(f"{where}: key 'tasks' must be a non-empty list of task names, got {tasks!r}")
         kwargs = dict(values)
         kwargs["tasks"] = tuple(str(t) for t in tasks)
+        kwargs["plugins"] = tuple(kwargs.get("plugins") or ())
         setup = cls(**kwargs)
         setup.check(where)
         return setup
@@ -74,6 +77,9 @@ class TrialSetup:
         if looks_local and not (Path(self.backbone).expanduser() / "config.json").is_file():
             raise InputError(f"{where}: key 'backbone': {self.backbone} is not a model directory "
                              f"(no config.json in it)")
+        from trainables.limits import check_input_fits
+
+        check_input_fits(self, where)
 
     def resolved_backbone(self) -> str:
         """The path or id to hand to ``from_pretrained``."""
@@ -89,4 +95,5 @@ class TrialSetup:
     def to_dict(self) -> dict[str, Any]:
         values = dataclasses.asdict(self)
         values["tasks"] = list(self.tasks)
+        values["plugins"] = list(self.plugins)
         return values

@@ -44,8 +44,17 @@ class Knob:
     # When the knob means something in a trial (None: always). The one declaration that
     # validation, search spaces and analysis read (section 7: inert knobs are declared).
     applies: Condition | None = None
-    # Setting the knob where it does not apply is an error (not only inert).
-    strict: bool = False
+    # Setting the knob where it does not apply is an error (not only inert): True, or the
+    # narrower Condition outside which setting it is an error (target_share without a target),
+    # while where it only fails ``applies`` it is merely inert (target_share under target_mix add).
+    strict: bool | Condition = False
+
+    @property
+    def required(self) -> Condition | None:
+        """Where setting this knob is allowed at all (None: anywhere)."""
+        if isinstance(self.strict, Condition):
+            return self.strict
+        return self.applies if self.strict else None
 
     @property
     def choices(self) -> tuple | None:
@@ -234,7 +243,8 @@ class RoutedPromptConfig:
     target_share: float | str | None = knob(None, "g in P <- (1-g)P + g*target: a number in [0, 1] (1 = plain "
                                             "prompt tuning) or 'learned'. Only with add_target and a convex "
                                             "mix; defaults to 0.5 there.", "float", low=0.0, high=1.0,
-                                            specials=("learned",), nullable=True, applies=CONVEX, strict=True)
+                                            specials=("learned",), nullable=True, applies=CONVEX,
+                                            strict=is_one_of("add_target", True))
     target_share_temperature: float = knob(1.0, "Temperature of the relaxed-Bernoulli learned target gate.",
                                            "float", low=1e-4, high=100.0, log=True,
                                            applies=CONVEX & is_one_of("target_share", "learned"))
@@ -282,9 +292,9 @@ class RoutedPromptConfig:
         """Reject contradictory combinations of otherwise valid values."""
         values = self.to_dict()
         for name, spec in KNOBS.items():
-            if spec.strict and values[name] != spec.default and not spec.applies_in(values):
+            if spec.required and values[name] != spec.default and not spec.required(values):
                 raise InputError(f"{where}: knob '{name}' is set to {values[name]!r} but it only has a "
-                                 f"meaning when {spec.applies.text}")
+                                 f"meaning when {spec.required.text}")
         if self.anneal_min > self.anneal_max:
             raise InputError(f"{where}: knob 'anneal_min' ({self.anneal_min:g}) exceeds 'anneal_max' "
                              f"({self.anneal_max:g})")
