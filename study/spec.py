@@ -172,7 +172,7 @@ class StudySpec:
         grid_size = space.grid_size()  # distinct models only
         num_trials = r.get("trials.num", int, grid_size if algorithm == "grid" else 10, low=1)
         if algorithm == "grid" and num_trials > grid_size:
-            raise InputError(f"key 'trials.num': {num_trials} exceeds the grid's {grid_size} points")
+            raise InputError(f"key 'trials.num': {num_trials} exceeds the grid's {grid_size} distinct models")
         if not space.parameters() and num_trials > 1:
             raise InputError(f"key 'trials.num': space '{space.name}' searches nothing (every knob fixed), "
                              f"so all {num_trials} configurations would be identical; set trials.num: 1 "

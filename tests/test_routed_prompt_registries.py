@@ -23,7 +23,7 @@ def test_validation_reads_the_registries_without_torch():
 def test_a_registered_compose_method_and_order_are_knob_values():
     @methods.register_compose_method("wsum_first", joins=False)
     def first_only(weights, picked):
-        return weights[:, :1, None, None].to(picked.dtype) * picked[:, 0:1]
+        return (weights[:, :1, None, None].to(picked.dtype) * picked[:, :1]).sum(1)   # the strongest only
 
     @methods.register_source_order("identity_test")
     def keep(weights, chosen):
@@ -36,7 +36,9 @@ def test_a_registered_compose_method_and_order_are_knob_values():
                                                "num_prompt_tokens": 2})
         module = RoutedPrompt(config, num_tasks=1, hidden_size=8, total_steps=10)
         prompt = module(0, torch.randn(3, 5, 8), torch.ones(3, 5), step=0)
-        assert prompt.shape == (3, 1, 2, 8)
+        assert prompt.shape == (3, 2, 8)
+        weights, chosen = module.route(0, 3, step=0)
+        torch.testing.assert_close(prompt[0], weights[0, 0] * module.sources[chosen[0, 0]])
     finally:
         methods.COMPOSE_METHODS._entries.pop("wsum_first")
         methods.SOURCE_ORDERS._entries.pop("identity_test")

@@ -178,9 +178,13 @@ def test_target_mix_add_adds_the_target_with_weight_one():
     torch.testing.assert_close(added(1, embeds, mask, 0), plain(1, embeds, mask, 0) + added.target[1])
     np.testing.assert_array_equal(added.target_gates(), np.ones(T))
     assert "target_share" in inert_knobs({"add_target": True, "target_mix": "add"})
-    with pytest.raises(InputError, match="target_share.*only has a meaning when add_target is true and "
-                                         "target_mix is convex"):
-        RoutedPromptConfig.from_dict({"add_target": True, "target_mix": "add", "target_share": 0.5})
+    # A share under the add mix is inert (declared, reported by validate), not a contradiction;
+    # without a target at all it is one.
+    config = RoutedPromptConfig.from_dict({"add_target": True, "target_mix": "add", "target_share": 0.5})
+    assert "target_share" in inert_knobs(config.to_dict())
+    with pytest.raises(InputError, match="'target_share' is set to 0.5 but it only has a meaning when "
+                                         "add_target is true$"):
+        RoutedPromptConfig.from_dict({"target_mix": "add", "target_share": 0.5})
     with pytest.raises(InputError, match=r"knob 'target_mix' got 'mul'; allowed values: 'convex', 'add'"):
         RoutedPromptConfig.from_dict({"target_mix": "mul"})
 
@@ -214,3 +218,18 @@ def test_pretrained_sources_load_and_freeze(freeze):
     assert torch.equal(module.sources.detach(), prompts)
     in_groups = any(p is module.sources for g in module.parameter_groups() for p in g["params"])
     assert in_groups is (not freeze) and module.sources.requires_grad is (not freeze)
+
+
+@pytest.mark.parametrize("knob,value,message", [
+    ("sources", "pool", r"knob 'sources' got 'pool'; allowed values: 'anonymous', 'tasks'$"),
+    ("source_init", "zeros", r"knob 'source_init' got 'zeros'; allowed values: 'random', 'pretrained'$"),
+    ("freeze_sources", "yes", r"knob 'freeze_sources' must be true or false, got 'yes'$"),
+    ("backbone_dropout", 0.1, r"knob 'backbone_dropout' must be true or false, got 0.1$"),
+    ("target_mix", "sum", r"knob 'target_mix' got 'sum'; allowed values: 'convex', 'add'$"),
+    ("route_method", "attn", r"knob 'route_method' got 'attn'; allowed values: 'rb', 'sigmoid', 'softmax', "
+                             r"'const', 'attention'$"),
+])
+def test_new_knobs_reject_bad_values_in_one_line(knob, value, message):
+    with pytest.raises(InputError, match=message) as info:
+        RoutedPromptConfig.from_dict({knob: value}, where="spec.yaml")
+    assert "\n" not in str(info.value) and str(info.value).startswith("spec.yaml: ")
