@@ -51,17 +51,22 @@ def spread(values) -> str:
 
 
 def test_attention_router_beats_zero_shot_on_rt_sentiment(offline_data):
-    """ATTEMPT's input-dependent router over 4 sources (softmax, wavg), every seed above zero-shot."""
+    """ATTEMPT as published: its input-dependent router over 4 sources and the task's own target
+    prompt (attend_target), the mixture added to the target (target_mix add); every seed above
+    zero-shot. (Over 4 random sources alone, with no target, the same run reached 59.0 and 65.0
+    test accuracy for seeds 0 and 1 against 59.5 zero-shot: a softmax-averaged pool learns each
+    source at a quarter of the rate.)"""
     setup = TrialSetup(tasks=("rt_sentiment",), data_dir=str(offline_data), train_per_task=400, eval_per_task=200)
     scores, zero_shot = [], None
     for seed in SEEDS:
         config = RoutedPromptConfig.from_dict({"num_prompt_tokens": 20, "learning_rate": 0.05, "epochs": 3,
-                                               "route_method": "attention", "seed": seed})
+                                               "route_method": "attention", "attend_target": True,
+                                               "add_target": True, "target_mix": "add", "seed": seed})
         trainer = Trainer(config, setup)
         zero_shot = zero_shot_main(trainer, 0) if zero_shot is None else zero_shot
         result = trainer.run()
         scores.append(result.metrics["test/rt_sentiment"])
-        assert result.routing.router_matrix.shape == (1, 4)      # mean attention per source
+        assert result.routing.router_matrix.shape == (1, 5)      # mean attention per source and the target
     print(f"rt_sentiment test accuracy: zero-shot {zero_shot:.1f} -> attention router {spread(scores)}")
     assert min(scores) > zero_shot + 2.0
 

@@ -68,9 +68,8 @@ def routed_prompt_trainable(config: dict, setup: TrialSetup | dict) -> None:
     """Train one trial under Ray Tune, reporting and checkpointing every epoch."""
     from ray import tune
 
-    from trainables.training import train
-
     from trainables.plugins import load_plugins
+    from trainables.training import train
 
     _quiet_worker_logs()
     if not isinstance(setup, TrialSetup):

@@ -113,16 +113,15 @@ class Trainer:
     def __init__(self, config: RoutedPromptConfig, setup: TrialSetup, device: str | torch.device = "cpu") -> None:
         from transformers import get_linear_schedule_with_warmup
 
-        from trainables.tasks import get_task
-
         from trainables.limits import check_prompt_fits
+        from trainables.tasks import get_task
 
         self.config, self.setup = config, setup
         self.device = torch.device(device)
         config.check_candidates(len(setup.tasks), where="trial config")
         check_prompt_fits(config, setup, where="trial config")
         # Before seeding this trial: a cache miss trains here, and must not shift the trial's RNG.
-        self.source_prompts = None
+        self.source_prompts, self.source_cache = None, []
         if config.sources == "tasks" and config.source_init == "pretrained":
             from trainables.source_prompts import pretrained_sources
 
