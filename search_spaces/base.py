@@ -232,10 +232,13 @@ class SearchSpace(ABC):
                 else f"num_prompt_tokens {length}")
         check_fits(k * length if joins else length, text, setup, f"key '{where}'")
         if "tasks" in possible("sources"):
+            # A 'when' of the sources param may keep task-owned sources to some num_selected values.
+            when = self.parameters()["sources"].when if "sources" in self.parameters() else {}
+            ks = [k for k in possible("num_selected") if k in when.get("num_selected", (k,))]
             few = len(setup.tasks) + sum(int(min(possible(x))) for x in ("private_prompts", "attend_target",
                                                                             "attend_input"))
-            if max(possible("num_selected")) > few:
-                raise InputError(f"key '{where}': knob 'num_selected' can be {max(possible('num_selected'))} but "
+            if max(ks) > few:
+                raise InputError(f"key '{where}': knob 'num_selected' can be {max(ks)} but "
                                  f"with sources: tasks some trials have only {few} router candidates "
                                  f"({len(setup.tasks)} tasks); fix sources: anonymous or lower num_selected")
 

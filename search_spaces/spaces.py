@@ -8,9 +8,9 @@ from search_spaces.base import Param, SearchSpace, choice, floats, ints, registe
 from trainables.routed_prompt.config import KNOBS
 
 
-def every(name: str, **when) -> Param:
+def every(name: str, when=None) -> Param:
     """Search every allowed value of a choice knob: a registered method (a plugin's too) included."""
-    return choice(name, *KNOBS[name].choices, **when)
+    return choice(name, *KNOBS[name].choices, when=when)
 
 
 @register
@@ -42,8 +42,9 @@ class FindingsSpace(SearchSpace):
     composing several prompts by cat/concat, apply_softmax_to only when fewer are selected than
     exist, source_init only with task-owned sources. route_method, compose_method, source_order
     and prompt_encoder search every registered method (plugins included). With 4 source prompts
-    (the default) every task has at least 4 candidates, and with task-owned sources as many as
-    the study has tasks, so num_selected in {all, 1, 2} is valid for two tasks or more.
+    (the default) every task has at least 4 candidates, so num_selected in {all, 1, 2} is always
+    valid; task-owned sources (one per task) are searched with num_selected all or 1, which a
+    study of any number of tasks has candidates for.
     eval_route_method stays at ``same``: evaluation routes as training does.
     """
 
@@ -62,7 +63,7 @@ class FindingsSpace(SearchSpace):
             choice("attend_target", False, True),
             choice("attend_input", False, True),
             choice("private_prompts", False, True),
-            every("sources"),
+            every("sources", when={"num_selected": (-1, 1)}),
             every("source_init"),
             choice("freeze_sources", False, True),
             every("prompt_encoder"),

@@ -51,8 +51,11 @@ def test_findings_conditions_are_honoured():
         assert ("target_share" in values) == (values["add_target"] and values["target_mix"] == "convex")
         if "compose_method" in values:
             assert ("source_order" in values) <= (values["compose_method"] in ("cat", "concat"))
-        # Exactly the knobs that apply are sampled: the knob table's one declaration decides.
-        assert set(values) == set(space.parameters()) - set(inert_knobs(values))
+        # Exactly the knobs that apply are sampled: the knob table's one declaration decides, and
+        # the space's own 'when' on top (task-owned sources only with num_selected all or 1).
+        inert = set(inert_knobs(values))
+        assert set(values) - {"sources"} == set(space.parameters()) - inert - {"sources"}
+        assert ("sources" in values) == ("sources" not in inert and complete(values)["num_selected"] in (-1, 1))
 
 
 def model_of(values) -> tuple:
