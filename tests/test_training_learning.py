@@ -31,6 +31,8 @@ def zero_shot_main(trainer: Trainer, task: int) -> float:
 
 
 def test_prompt_tuning_beats_zero_shot_on_rt_sentiment(offline_data):
+    # backbone_dropout (on by default, as in prompt tuning and ATTEMPT): 68.0 test accuracy
+    # (validation 73.5) here; off, 67.0 (72.0), one seed: no change beyond seed noise on this suite.
     setup = TrialSetup(tasks=("rt_sentiment",), data_dir=str(offline_data), train_per_task=400, eval_per_task=200)
     # target_share 1 is plain prompt tuning (the baseline of finding F13).
     config = RoutedPromptConfig.from_dict({"num_prompt_tokens": 20, "learning_rate": 0.05, "epochs": 3,
@@ -75,7 +77,7 @@ def test_task_owned_pretrained_sources_beat_zero_shot(offline_data, tmp_path, mo
     """Each task owns a source prompt, pre-trained alone (cached), then routed over (rb) and tuned on."""
     monkeypatch.setenv("ROUTED_STUDY_SOURCE_CACHE", str(tmp_path))
     tasks = ("rt_sentiment", "rt_subjectivity")
-    setup = TrialSetup(tasks=tasks, data_dir=str(offline_data), train_per_task=200, eval_per_task=200)
+    setup = TrialSetup(tasks=tasks, data_dir=str(offline_data), train_per_task=120, eval_per_task=200)
     scores, zero_shot = [], None
     for seed in SEEDS:
         config = RoutedPromptConfig.from_dict({"num_prompt_tokens": 10, "learning_rate": 0.05, "epochs": 2,
