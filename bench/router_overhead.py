@@ -3,9 +3,13 @@
 Both train a soft prompt of the same total length in front of the same frozen
 all-MiniLM-L6-v2, on the same batch, with the same frozen-verbalizer loss; the
 only difference is what produces the prompt: the routed module (prompt pool,
-router, composition) or PEFT's ``PromptTuningConfig`` embedding. Steps alternate
-between the two so that load on a shared machine hits both alike; the ratio of
-the median step times is printed last as ``router_overhead_ratio=<x>``.
+router, composition) or PEFT's ``PromptTuningConfig`` embedding. Two routed models are
+timed: the configured one (``--route-method``, default rb: a per-task logit table) and
+ATTEMPT's input-dependent ``attention`` router (the same pool and composition). Steps of
+the three rotate so that load on a shared machine hits all alike; the ratio of the median
+step times against PEFT is printed as ``attention_overhead_ratio=<x>`` and, last, as
+``router_overhead_ratio=<x>`` for the configured method. Dropout is off in all three (the
+frozen backbone in eval mode): the bench measures what the prompt module costs.
 
     python bench/router_overhead.py [--steps 20] [--threads 1] [--prompt-tokens 10] [--sources 4] ...
 
@@ -46,6 +50,7 @@ def make_batch(backbone, batch_size: int, input_tokens: int, seed: int) -> dict:
 def routed_step_fn(backbone, config, batch):
     from trainables.routed_prompt import RoutedPrompt
 
+    backbone.eval_mode()
     model = RoutedPrompt(config, num_tasks=1, hidden_size=backbone.hidden_size, total_steps=1000,
                          word_embeddings=backbone.word_embeddings())
     optimizer = torch.optim.AdamW(model.parameter_groups())
@@ -98,7 +103,8 @@ def main(argv=None) -> float:
     parser.add_argument("--input-tokens", type=int, default=40)
     parser.add_argument("--prompt-tokens", type=int, default=10, help="L of the routed model")
     parser.add_argument("--sources", type=int, default=4, help="num_source_prompts of the routed model")
-    parser.add_argument("--prompt-encoder", default="emb", choices=("emb", "mlp", "lstm"))
+    parser.add_argument("--prompt-encoder", default="emb")
+    parser.add_argument("--route-method", default="rb", help="route_method of the first routed model")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
@@ -118,10 +124,12 @@ def main(argv=None) -> float:
     path = TrialSetup(tasks=("rt_sentiment",)).resolved_backbone()
     backbone = EncoderBackbone(path, [get_task("rt_sentiment")], max_length=args.input_tokens)
     batch = make_batch(backbone, args.batch_size, args.input_tokens, args.seed)
-    config = RoutedPromptConfig.from_dict({"num_prompt_tokens": args.prompt_tokens,
-                                           "num_source_prompts": args.sources,
-                                           "prompt_encoder": args.prompt_encoder, "seed": args.seed})
+    knobs = {"num_prompt_tokens": args.prompt_tokens, "num_source_prompts": args.sources,
+             "prompt_encoder": args.prompt_encoder, "seed": args.seed}
+    config = RoutedPromptConfig.from_dict({**knobs, "route_method": args.route_method}, where="--route-method")
     routed, prompt_length = routed_step_fn(backbone, config, batch)
+    attention, _ = routed_step_fn(backbone, RoutedPromptConfig.from_dict({**knobs, "route_method": "attention"}),
+                                  batch)
     plain = peft_step_fn(backbone, path, prompt_length, config.learning_rate, batch)
 
     print(f"backbone=all-MiniLM-L6-v2 threads={args.threads} batch={args.batch_size}x"
@@ -129,17 +137,20 @@ def main(argv=None) -> float:
     print(f"routed: sources={args.sources} L={args.prompt_tokens} encoder={args.prompt_encoder} "
           f"route={config.route_method} compose={config.compose_method}; plain: peft PromptTuningConfig "
           f"num_virtual_tokens={prompt_length}; loss=frozen verbalizer (cosine / {config.verbalizer_scale})")
-    times = {"routed": [], "plain": []}
+    steps = [("routed", routed), ("attention", attention), ("plain", plain)]
+    times = {name: [] for name, _ in steps}
     for i in range(args.warmup + args.steps):
-        # Alternate which model goes first so that neither always runs on a warmer cache.
-        order = (("routed", routed), ("plain", plain)) if i % 2 == 0 else (("plain", plain), ("routed", routed))
+        # Rotate which model goes first so that none always runs on a warmer cache.
+        order = steps[i % 3:] + steps[:i % 3]
         for name, step in order:
             start = time.perf_counter()
             step()
             if i >= args.warmup:
                 times[name].append(time.perf_counter() - start)
     medians = {name: statistics.median(values) for name, values in times.items()}
-    print(f"steps={args.steps} median_step_s routed={medians['routed']:.4f} plain={medians['plain']:.4f}")
+    print(f"steps={args.steps} median_step_s routed={medians['routed']:.4f} attention={medians['attention']:.4f} "
+          f"plain={medians['plain']:.4f}")
+    print(f"attention_overhead_ratio={medians['attention'] / medians['plain']:.3f}")
     ratio = medians["routed"] / medians["plain"]
     print(f"router_overhead_ratio={ratio:.3f}")
     return ratio

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Mapping
 
 import itertools
+import math
 from graphlib import TopologicalSorter
 
 import optuna
@@ -25,7 +26,8 @@ from optuna.distributions import (BaseDistribution, CategoricalDistribution, Flo
 from pydantic import Field, model_validator
 
 from trainables.errors import InputError, did_you_mean, format_choices
-from trainables.routed_prompt.config import KNOBS, RoutedPromptConfig, complete
+from trainables.routed_prompt import methods
+from trainables.routed_prompt.config import KNOBS, RoutedPromptConfig, complete, inert_knobs
 from trainables.schema import Section, parse
 
 
@@ -162,6 +164,86 @@ class SearchSpace(ABC):
             return None
         return {p.name: list(p.distribution.choices) for p in params}
 
+    def grid_points(self) -> list[dict[str, Any]] | None:
+        """The distinct models of a plain grid: what define-by-run suggests at each grid point.
+
+        A grid point whose knob does not apply there (``source_order`` under ``wavg``) is the
+        same model as the point that differs only in that knob; it is listed once.
+        """
+        grid = self.grid()
+        if grid is None:
+            return None
+        order = self.suggestion_order()
+        points: dict[tuple, dict[str, Any]] = {}
+        for combo in itertools.product(*grid.values()):
+            chosen = dict(zip(grid, combo))
+            values = dict(self.constants())
+            point = {}
+            for param in order:
+                if param.active(values):
+                    values[param.name] = point[param.name] = chosen[param.name]
+            points.setdefault(tuple(sorted(point.items(), key=lambda kv: kv[0])), point)
+        return list(points.values())
+
+    def grid_size(self) -> int | None:
+        """Runs a grid search needs: its distinct models (None without a grid)."""
+        points = self.grid_points()
+        return None if points is None else len(points)
+
+    def grid_sampler(self, seed: int | None = None):
+        """An Optuna GridSampler over :meth:`grid_points`, for ask-and-tell use (Ray's OptunaSearch)."""
+        return _distinct_grid_sampler()(self.grid(), self.grid_points(), seed=seed)
+
+    def inert_report(self, samples: int = 64) -> list[str]:
+        """Lines for ``validate``: knobs of this space that are inert (never or sometimes), from
+        the knob table's ``applies``, and the duplicate runs a grid search is spared."""
+        lines = []
+        configs = self.sample_configs(samples)
+        for name, value in self.constants().items():
+            inert = sum(name in inert_knobs(c) for c in configs)
+            if inert:
+                share = "in every trial" if inert == len(configs) else f"in {inert} of {len(configs)} sampled trials"
+                lines.append(f"  {name} = {format_choices([value])} (fixed) is inert {share}: it applies only "
+                             f"when {KNOBS[name].applies.text}")
+        for name, param in self.parameters().items():
+            suggested = sum(name in c for c in configs)
+            if suggested == 0:
+                lines.append(f"  {name} is searched but inert in every sampled trial: it applies only when "
+                             f"{KNOBS[name].applies.text if KNOBS[name].applies else 'its when holds'}")
+        grid = self.grid()
+        if grid is not None:
+            product = math.prod(len(v) for v in grid.values())
+            lines.append(f"  grid: {product} points, {self.grid_size()} distinct models "
+                         f"({product - self.grid_size()} duplicate runs skipped)")
+        return (["inert knobs:"] + lines) if lines else []
+
+    def check_setup(self, setup: Any, where: str = "space") -> None:
+        """Checks that need the study's setup: the longest prompt the space can compose plus
+        max_length fits the backbone, and num_selected fits task-owned sources (one per task)."""
+        from trainables.limits import check_fits
+
+        possible = self._possible
+        joins = [m for m in possible("compose_method") if m in methods.joining_compose_methods()]
+        counts = [n for n in possible("num_source_prompts")]
+        if "tasks" in possible("sources"):
+            counts.append(len(setup.tasks))
+        extras = sum(int(max(possible(k))) for k in ("private_prompts", "attend_target", "attend_input"))
+        k = max(max(counts) + extras if v == -1 else v for v in possible("num_selected"))
+        length = max(possible("num_prompt_tokens"))
+        text = (f"num_selected {k} x num_prompt_tokens {length} under compose_method {joins[0]}" if joins and k > 1
+                else f"num_prompt_tokens {length}")
+        check_fits(k * length if joins else length, text, setup, f"key '{where}'")
+        if "tasks" in possible("sources"):
+            # A 'when' of the sources param may keep task-owned sources to some num_selected values.
+            when = self.parameters()["sources"].when if "sources" in self.parameters() else {}
+            ks = [k for k in possible("num_selected") if k in when.get("num_selected", (k,))]
+            few = len(setup.tasks) + sum(int(min(possible(x))) for x in ("private_prompts", "attend_target",
+                                                                            "attend_input"))
+            if max(ks) > few:
+                raise InputError(f"key '{where}': knob 'num_selected' can be {max(ks)} but "
+                                 f"with sources: tasks some trials have only {few} router candidates "
+                                 f"({len(setup.tasks)} tasks); fix sources: anonymous or lower num_selected")
+
     def sample_configs(self, n: int, seed: int = 0) -> list[dict[str, Any]]:
         """``n`` knob dicts drawn at random through define-by-run (checks, previews)."""
         optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -178,7 +260,7 @@ class SearchSpace(ABC):
         """Reject a space that can produce a config RoutedPromptConfig refuses."""
         constants = self.constants()
         for name in [n for n in constants if KNOBS[n].strict]:
-            condition = KNOBS[name].applies
+            condition = KNOBS[name].required
             readers = sorted(condition.reads)
             points = [dict(zip(readers, combo)) for combo in
                       itertools.product(*(self._possible(k) for k in readers))]
@@ -349,6 +431,31 @@ def _parse_when(when: Any, where: str) -> dict[str, tuple]:
         values = values if isinstance(values, list) else [values]
         parsed[name] = tuple(knob.coerce(v, f"key '{where}.{name}'") for v in values)
     return parsed
+
+
+def _distinct_grid_sampler():
+    class DistinctGridSampler(optuna.samplers.GridSampler):
+        """Optuna's GridSampler over the distinct models of a grid, for ask-and-tell use.
+
+        GridSampler enumerates the full product; here its list of points is replaced by the
+        distinct ones (:meth:`SearchSpace.grid_points`; a knob a point does not suggest keeps a
+        placeholder GridSampler never reads), and the rest of GridSampler (visited-point
+        bookkeeping, seeded shuffle) is used as is. GridSampler's ``study.stop()`` after the
+        last point raises outside ``study.optimize`` (the tell of the last trial would fail):
+        Ray already stops after ``trials.num`` trials (at most the grid size).
+        """
+
+        def __init__(self, grid, points, seed=None):
+            super().__init__(grid, seed=seed)
+            names = sorted(grid)   # GridSampler's own order of the values in a point
+            self._all_grids = [tuple(p.get(n, grid[n][0]) for n in names) for p in points]
+            self._rng.rng.shuffle(self._all_grids)
+            self._n_min_trials = len(self._all_grids)
+
+        def after_trial(self, study, trial, state, values) -> None:
+            return None
+
+    return DistinctGridSampler
 
 
 _REGISTRY: dict[str, type[SearchSpace]] = {}

@@ -25,8 +25,6 @@ Decisions worth knowing:
 
 from __future__ import annotations
 
-import importlib
-import math
 import os
 import re
 from pathlib import Path
@@ -39,6 +37,7 @@ from search_spaces import SearchSpace, get_space
 from search_spaces.base import Override
 from study.location import Location, check_location, is_uri, s3_endpoint_note
 from trainables.errors import InputError, did_you_mean
+from trainables.plugins import load_plugins
 from trainables.routed_prompt.config import KNOBS
 from trainables.schema import Section, parse
 from trainables.setup import BACKBONE_FAMILIES, TrialSetup
@@ -253,7 +252,7 @@ class StudySpec:
             raise InputError(f"{file}: a spec is a mapping of sections ({', '.join(StudyFile.model_fields)}), "
                              f"got {type(raw).__name__}")
         given = parse(StudyFile, raw, file)
-        _import_plugins(given.plugins, where="key 'plugins'")
+        load_plugins(given.plugins, where="key 'plugins'")
         b, d = given.backbone, given.data
         setup = TrialSetup.from_dict({
             "backbone": b.name, "backbone_family": b.family, "max_length": b.max_length,
@@ -263,6 +262,7 @@ class StudySpec:
 
         space = get_space(given.space.name, where="key 'space.name'")
         space = space.customise(given.space.override, given.space.fixed, where="space")
+        space.check_setup(setup, where="space")
         num_trials = _num_trials(given, space)
         if given.trials.repeats > 1 and given.scheduler.name == "asha":
             raise InputError("key 'trials.repeats': repeats > 1 needs scheduler: none (ASHA would stop some "
@@ -324,7 +324,7 @@ class StudySpec:
         import optuna
 
         if self.search_algorithm == "grid":
-            return _ask_tell_grid_sampler()(self.space.grid(), seed=self.search_seed)
+            return self.space.grid_sampler(seed=self.search_seed)
         if self.search_algorithm == "random":
             return optuna.samplers.RandomSampler(seed=self.search_seed)
         return optuna.samplers.TPESampler(seed=self.search_seed)
@@ -360,6 +360,7 @@ class StudySpec:
             f"split seed {s.split_seed}, data in {s.data_dir})",
             f"space '{self.space.name}': {searched} searched knob(s), {len(self.space.constants())} fixed  -- {doc}",
             *self.space.describe(),
+            *self.space.inert_report(),
             f"search: {self.search_algorithm} (seed {self.search_seed}), optimising {self.metric} ({self.mode})",
             f"scheduler: {self.scheduler}" + (f" (grace period {self.grace_period}, reduction factor "
                                                f"{self.reduction_factor:g}, max {self.max_epochs()} epochs)"
@@ -394,10 +395,10 @@ def _num_trials(given: StudyFile, space: SearchSpace) -> int:
         raise InputError(f"key 'search.algorithm': grid needs a space of unconditional choices only; "
                          f"space '{space.name}' has ranges or conditions (use tpe/random, or give every "
                          f"searched knob 'choices' without 'when')")
-    grid_size = math.prod(len(v) for v in grid.values()) if grid else None
+    grid_size = space.grid_size()  # distinct models only
     num_trials = given.trials.num or (grid_size if algorithm == "grid" else DEFAULT_NUM_TRIALS)
     if algorithm == "grid" and num_trials > grid_size:
-        raise InputError(f"key 'trials.num': {num_trials} exceeds the grid's {grid_size} points")
+        raise InputError(f"key 'trials.num': {num_trials} exceeds the grid's {grid_size} distinct models")
     if not space.parameters() and num_trials > 1:
         raise InputError(f"key 'trials.num': space '{space.name}' searches nothing (every knob fixed), "
                          f"so all {num_trials} configurations would be identical; set trials.num: 1 "
@@ -427,36 +428,6 @@ def artifact_location_for(study_dir: str | Path | Location, tracking_uri: str = 
     if tracking_uri.startswith(("http://", "https://")):
         return None
     return (Location(study_dir) / "mlartifacts").as_uri()
-
-
-def _import_plugins(names: list[str], where: str) -> None:
-    """Import each plugin module (what it registers becomes a valid name).
-
-    Stand-in for ``trainables.plugins.load_plugins`` (issue 13 item 2), swapped at merge.
-    """
-    for name in names:
-        try:
-            importlib.import_module(name)
-        except Exception as exc:  # a plugin's own bug or a missing module: say which plugin
-            raise InputError(f"{where}: plugin {name!r} does not import: "
-                             f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
-
-
-def _ask_tell_grid_sampler():
-    import optuna
-
-    class AskTellGridSampler(optuna.samplers.GridSampler):
-        """GridSampler for ask-and-tell use (Ray's OptunaSearch).
-
-        Optuna's GridSampler calls ``study.stop()`` after the last grid point, which
-        raises outside ``study.optimize``: the tell of the study's last trial would
-        fail. Ray already stops after ``trials.num`` (at most the grid size) trials.
-        """
-
-        def after_trial(self, study, trial, state, values) -> None:
-            return None
-
-    return AskTellGridSampler
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):

@@ -75,7 +75,7 @@ REJECTIONS = [
     ("grid without grid", spec_with("search.algorithm", "grid"), "key 'search.algorithm'"),
     ("unknown algorithm", spec_with("search.algorithm", "bayes"), "key 'search.algorithm'"),
     ("grid too small", {**spec_with("space", {"name": "original_grid"}), "search": {"algorithm": "grid"},
-                        "trials": {"num": 50}}, "key 'trials.num': 50 exceeds the grid's 48 points"),
+                        "trials": {"num": 50}}, "key 'trials.num': 50 exceeds the grid's 36 distinct models"),
     ("empty space", spec_with("space", {"name": "core", "fixed": {
         "learning_rate": 0.1, "epochs": 2, "num_prompt_tokens": 4, "temperature": 1.0, "anneal_dir": 0}}),
      "key 'trials.num'"),

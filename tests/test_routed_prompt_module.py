@@ -153,7 +153,9 @@ def test_eval_scores_by_eval_route_method(method):
         want = sigmoid((np.array(LOGITS) + np.log(u) - np.log1p(-u)) / tau)
     else:
         row = {"direct": np.array(LOGITS), "sigmoid": sigmoid(np.array(LOGITS) / tau),
-               "sign": np.array([1.0, 0.0, 0.0, 1.0])}[method]
+               "sign": np.array([1.0, 0.0, 0.0, 1.0]), "softmax": softmax(np.array(LOGITS) / tau),
+               "same": softmax(np.array(LOGITS) / tau),   # the training method (softmax) itself
+               "const": np.ones(4)}[method]
         want = np.tile(row, (B, 1))
     np.testing.assert_allclose(got, want, rtol=1e-4)
     # Training mode uses route_method instead.
@@ -218,7 +220,7 @@ def test_norm_keeps_an_all_zero_selection_at_zero():
 # ---------------------------------------------------------------- composition
 def _route_fixed(module, chosen_row, weight_row):
     """Replace routing by a fixed selection so composition can be checked by hand."""
-    module.route = lambda t, b, step: (torch.tensor([weight_row] * b), torch.tensor([chosen_row] * b))
+    module.route = lambda t, b, step, logits=None: (torch.tensor([weight_row] * b), torch.tensor([chosen_row] * b))
 
 
 @pytest.mark.parametrize("compose", KNOBS["compose_method"].choices)
@@ -297,8 +299,15 @@ def test_every_routing_value_trains_and_evaluates(knob, value):
     prompt = module(1, *batch(), step=2)
     (prompt * torch.randn_like(prompt)).sum().backward()
     assert torch.isfinite(prompt).all()
+    if value == "attention":              # ATTEMPT's router: its projections learn, per example
+        assert module.router is None
+        assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in module.router_parameters())
+        assert module.sources.grad.abs().sum() > 0
+        module.eval()
+        assert module(1, *batch(), step=2).shape == prompt.shape
+        return
     router_grad = module.router.grad
-    if value in ("const", "concat"):
+    if (knob, value) in (("route_method", "const"), ("compose_method", "concat")):
         assert router_grad is None        # constant or unit weights: the router plays no part
     else:
         assert torch.equal(router_grad[[0, 2]], torch.zeros(2, 6))   # only the batch's task moves
@@ -368,8 +377,11 @@ def test_default_rb_router_learns_to_prefer_a_useful_source(combo):
 
 
 def test_routing_registries_match_the_knob_vocabulary():
-    from trainables.routed_prompt.module import AFTER_SELECTION, EVAL_SCORES, TRAIN_SCORES
+    from trainables.routed_prompt import methods
+    from trainables.routed_prompt.module import AFTER_SELECTION
 
-    assert set(TRAIN_SCORES) == set(KNOBS["route_method"].choices)
-    assert set(EVAL_SCORES) == set(KNOBS["eval_route_method"].choices)
+    assert set(methods.train_route_methods()) == set(KNOBS["route_method"].choices)
+    assert set(methods.eval_route_methods()) == set(KNOBS["eval_route_method"].choices)
+    assert set(methods.COMPOSE_METHODS) == set(KNOBS["compose_method"].choices)
+    assert set(methods.SOURCE_ORDERS) == set(KNOBS["source_order"].choices)
     assert set(AFTER_SELECTION) == set(KNOBS["apply_softmax_to"].choices)

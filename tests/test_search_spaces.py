@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import optuna
 import pytest
 
@@ -45,14 +47,25 @@ def test_every_sampled_trial_is_a_valid_config(name, sampler):
 def test_findings_conditions_are_honoured():
     space = get_space("findings")
     for values in space.sample_configs(80, seed=3):
-        assert ("target_share" in values) == values["add_target"]
+        # target_mix add adds the target with weight 1: no share to choose.
+        assert ("target_share" in values) == (values["add_target"] and values["target_mix"] == "convex")
         if "compose_method" in values:
             assert ("source_order" in values) <= (values["compose_method"] in ("cat", "concat"))
-        # Exactly the knobs that apply are sampled: the knob table's one declaration decides.
-        assert set(values) == set(space.parameters()) - set(inert_knobs(values))
+        # Exactly the knobs that apply are sampled: the knob table's one declaration decides, and
+        # the space's own 'when' on top (task-owned sources only with num_selected all or 1).
+        inert = set(inert_knobs(values))
+        assert set(values) - {"sources"} == set(space.parameters()) - inert - {"sources"}
+        assert ("sources" in values) == ("sources" not in inert and complete(values)["num_selected"] in (-1, 1))
 
 
-def test_original_grid_lists_its_grid_and_runs_with_grid_sampler():
+def model_of(values) -> tuple:
+    """What a trial trains: its complete knob values without the inert ones."""
+    full = complete(values)
+    inert = inert_knobs(full)
+    return tuple(sorted((k, repr(v)) for k, v in full.items() if k not in inert))
+
+
+def test_original_grid_runs_only_its_distinct_models():
     space = get_space("original_grid")
     grid = space.grid()
     assert set(grid) == set(space.parameters())
@@ -60,17 +73,32 @@ def test_original_grid_lists_its_grid_and_runs_with_grid_sampler():
     for values in grid.values():
         size *= len(values)
     assert size == 48
-    study = optuna.create_study(sampler=optuna.samplers.GridSampler(grid, seed=0))
-    points = set()
-
-    def objective(trial):
+    # The full product trains 36 models: source_order means nothing under wavg (12 duplicates).
+    product = [dict(zip(grid, combo)) for combo in itertools.product(*grid.values())]
+    assert len({model_of({**p, **space.constants()}) for p in product}) == 36
+    assert space.grid_size() == len(space.grid_points()) == 36
+    study = optuna.create_study(sampler=space.grid_sampler(seed=0))
+    models = set()
+    for _ in range(space.grid_size()):   # as Ray's OptunaSearch drives it: ask, then tell
+        trial = study.ask()
         constants = space.define_by_run(trial)
         RoutedPromptConfig.from_dict({**trial.params, **constants})
-        points.add(tuple(sorted(trial.params.items())))
-        return 0.0
+        models.add(model_of({**trial.params, **constants}))
+        study.tell(trial, 0.0)
+    assert len(models) == 36 == len(study.trials)
 
-    study.optimize(objective, n_trials=size + 5)  # GridSampler stops the study once the grid is done
-    assert len(points) == size == len(study.trials)
+
+def test_inert_report_names_fixed_inert_knobs_and_the_grid_saving():
+    space = get_space("original_grid")
+    assert "  grid: 48 points, 36 distinct models (12 duplicate runs skipped)" in space.inert_report()
+    custom = get_space("core").customise({}, {"apply_softmax_to": "before", "route_method": "const"})
+    report = custom.inert_report()
+    assert report[0] == "inert knobs:"
+    assert any(line.startswith("  apply_softmax_to = 'before' (fixed) is inert in every trial: it applies only "
+                               "when") and "num_selected is below the number of candidates" in line
+               for line in report)
+    assert any(line.startswith("  temperature is searched but inert in every sampled trial") for line in report)
+    assert get_space("findings").inert_report() == []
 
 
 @pytest.mark.parametrize("name", ["core", "findings"])
@@ -87,7 +115,7 @@ def test_override_replaces_extends_and_keeps_condition():
         fixed={"prompt_encoder": "mlp", "batch_size": 8})
     params = space.parameters()
     assert params["learning_rate"].distribution.low == 0.01
-    assert params["target_share"].reads == {"add_target"}  # from the knob table, kept by the override
+    assert params["target_share"].reads == {"add_target", "target_mix"}  # the knob table's, kept by the override
     assert params["router_learning_rate"].distribution.choices == (0.01, 0.1)
     assert params["warmup_ratio"].when == {"route_method": ("rb",)}
     assert "prompt_encoder" not in params
@@ -159,7 +187,7 @@ def test_strict_knobs_follow_the_config_rule():
 def test_an_empty_when_cannot_lift_the_knob_tables_condition():
     space = get_space("findings").customise({"target_share": {"choices": [0.5], "when": {}}})
     for values in space.sample_configs(40):
-        assert ("target_share" in values) == values["add_target"]
+        assert ("target_share" in values) == (values["add_target"] and values["target_mix"] == "convex")
 
 
 def test_custom_space_is_a_search_space_with_the_base_docstring():

@@ -31,6 +31,8 @@ def zero_shot_main(trainer: Trainer, task: int) -> float:
 
 
 def test_prompt_tuning_beats_zero_shot_on_rt_sentiment(offline_data):
+    # backbone_dropout (on by default, as in prompt tuning and ATTEMPT): 68.0 test accuracy
+    # (validation 73.5) here; off, 67.0 (72.0), one seed: no change beyond seed noise on this suite.
     setup = TrialSetup(tasks=("rt_sentiment",), data_dir=str(offline_data), train_per_task=400, eval_per_task=200)
     # target_share 1 is plain prompt tuning (the baseline of finding F13).
     config = RoutedPromptConfig.from_dict({"num_prompt_tokens": 20, "learning_rate": 0.05, "epochs": 3,
@@ -41,6 +43,54 @@ def test_prompt_tuning_beats_zero_shot_on_rt_sentiment(offline_data):
     print(f"rt_sentiment test accuracy: zero-shot {zero_shot:.1f} -> prompt-tuned "
           f"{result.metrics['test/rt_sentiment']:.1f} (validation {result.metrics['score']:.1f})")
     assert result.metrics["test/rt_sentiment"] > zero_shot + 2.0
+
+
+SEEDS = (0, 1)
+
+
+def spread(values) -> str:
+    return f"mean {np.mean(values):.1f}, min {min(values):.1f}, max {max(values):.1f} over seeds {list(SEEDS)}"
+
+
+def test_attention_router_beats_zero_shot_on_rt_sentiment(offline_data):
+    """ATTEMPT as published: its input-dependent router over 4 sources and the task's own target
+    prompt (attend_target), the mixture added to the target (target_mix add); every seed above
+    zero-shot. (Over 4 random sources alone, with no target, the same run reached 59.0 and 65.0
+    test accuracy for seeds 0 and 1 against 59.5 zero-shot: a softmax-averaged pool learns each
+    source at a quarter of the rate.)"""
+    setup = TrialSetup(tasks=("rt_sentiment",), data_dir=str(offline_data), train_per_task=400, eval_per_task=200)
+    scores, zero_shot = [], None
+    for seed in SEEDS:
+        config = RoutedPromptConfig.from_dict({"num_prompt_tokens": 20, "learning_rate": 0.05, "epochs": 3,
+                                               "route_method": "attention", "attend_target": True,
+                                               "add_target": True, "target_mix": "add", "seed": seed})
+        trainer = Trainer(config, setup)
+        zero_shot = zero_shot_main(trainer, 0) if zero_shot is None else zero_shot
+        result = trainer.run()
+        scores.append(result.metrics["test/rt_sentiment"])
+        assert result.routing.router_matrix.shape == (1, 5)      # mean attention per source and the target
+    print(f"rt_sentiment test accuracy: zero-shot {zero_shot:.1f} -> attention router {spread(scores)}")
+    assert min(scores) > zero_shot + 2.0
+
+
+def test_task_owned_pretrained_sources_beat_zero_shot(offline_data, tmp_path, monkeypatch):
+    """Each task owns a source prompt, pre-trained alone (cached), then routed over (rb) and tuned on."""
+    monkeypatch.setenv("ROUTED_STUDY_SOURCE_CACHE", str(tmp_path))
+    tasks = ("rt_sentiment", "rt_subjectivity")
+    setup = TrialSetup(tasks=tasks, data_dir=str(offline_data), train_per_task=120, eval_per_task=200)
+    scores, zero_shot = [], None
+    for seed in SEEDS:
+        config = RoutedPromptConfig.from_dict({"num_prompt_tokens": 10, "learning_rate": 0.05, "epochs": 2,
+                                               "sources": "tasks", "source_init": "pretrained", "seed": seed})
+        trainer = Trainer(config, setup)
+        if zero_shot is None:
+            zero_shot = float(np.mean([zero_shot_main(trainer, t) for t in range(len(tasks))]))
+        result = trainer.run()
+        scores.append(result.metrics["test_score"])
+        assert result.routing.candidate_names == tasks
+    print(f"mean test score of {', '.join(tasks)}: zero-shot {zero_shot:.1f} -> task-owned pre-trained "
+          f"sources {spread(scores)}")
+    assert min(scores) > zero_shot + 2.0
 
 
 def test_multi_task_routing_trains_end_to_end(offline_data):

@@ -63,6 +63,9 @@ class TrialSetup(Section):
         if looks_local and not (Path(self.backbone).expanduser() / "config.json").is_file():
             raise InputError(f"{where}: key 'backbone': {self.backbone} is not a model directory "
                              f"(no config.json in it)")
+        from trainables.limits import check_input_fits
+
+        check_input_fits(self, where)
 
     def resolved_backbone(self) -> str:
         """The path or id to hand to ``from_pretrained``."""

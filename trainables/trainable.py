@@ -69,11 +69,13 @@ def routed_prompt_trainable(config: dict, setup: TrialSetup | dict) -> None:
     """Train one trial under Ray Tune, reporting and checkpointing every epoch."""
     from ray import tune
 
+    from trainables.plugins import load_plugins
     from trainables.training import train
 
     _quiet_worker_logs()
     if not isinstance(setup, TrialSetup):
         setup = TrialSetup.from_dict(setup)
+    load_plugins(setup.plugins, where="setup: key 'plugins'")  # before the knobs name their methods
     knobs = trial_config(config)
     torch.set_num_threads(trial_threads())
     trial_dir = Path(tune.get_context().get_trial_dir())

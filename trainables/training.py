@@ -113,10 +113,20 @@ class Trainer:
     def __init__(self, config: RoutedPromptConfig, setup: TrialSetup, device: str | torch.device = "cpu") -> None:
         from transformers import get_linear_schedule_with_warmup
 
+        from trainables.limits import check_prompt_fits
         from trainables.tasks import get_task
 
         self.config, self.setup = config, setup
         self.device = torch.device(device)
+        config.check_candidates(len(setup.tasks), where="trial config")
+        check_prompt_fits(config, setup, where="trial config")
+        # Before seeding this trial: a cache miss trains here, and must not shift the trial's RNG.
+        self.source_prompts, self.source_cache = None, []
+        if config.sources == "tasks" and config.source_init == "pretrained":
+            from trainables.source_prompts import pretrained_sources
+
+            self.source_prompts, self.source_cache = pretrained_sources(setup, config.num_prompt_tokens,
+                                                                        config.seed, device)
         seed_everything(config.seed)
         tasks = [get_task(name, where="setup: key 'tasks'") for name in setup.tasks]
         self.backbone = load_backbone(setup.resolved_backbone(), tasks, family=setup.backbone_family,
@@ -128,7 +138,10 @@ class Trainer:
         self.steps_per_epoch = sum(-(-n // config.batch_size) for n in self.sizes)
         self.total_steps = self.steps_per_epoch * config.epochs
         self.model = RoutedPrompt(config, len(tasks), self.backbone.hidden_size, self.total_steps,
-                                  word_embeddings=self.backbone.word_embeddings()).to(device)
+                                  word_embeddings=self.backbone.word_embeddings(),
+                                  task_names=setup.tasks).to(device)
+        if self.source_prompts is not None:
+            self.model.load_sources(self.source_prompts, freeze=config.freeze_sources)
         groups = [g for g in self.model.parameter_groups() if g["params"]]
         head = self.backbone.trainable_module()
         if head is not None:
@@ -168,6 +181,7 @@ class Trainer:
 
     def train_epoch(self) -> float:
         self.model.train()
+        self.backbone.train_mode(dropout=self.config.backbone_dropout)
         rng = np.random.default_rng([self.config.seed, self.epoch])
         losses, step_times = [], []
         for task, indices in epoch_batches(self.sizes, self.config.batch_size, self.config.task_sampling, rng):
@@ -195,6 +209,7 @@ class Trainer:
         from trainables.tasks import score_predictions
 
         self.model.eval()
+        self.backbone.eval_mode()
         metrics: dict[str, float] = {}
         mains = []
         for task, split in enumerate(splits):

@@ -74,7 +74,7 @@ class Backbone(ABC):
         self.tokenizer = transformers.AutoTokenizer.from_pretrained(path)
         self.model = getattr(transformers, self.auto_class).from_pretrained(path)
         self.model.requires_grad_(False)
-        self.model.eval()  # frozen: dropout off for good
+        self.model.eval()  # frozen; dropout only while training with backbone_dropout (train_mode)
         self.device = torch.device("cpu")
 
     # ------------------------------------------------------------ properties
@@ -89,6 +89,18 @@ class Backbone(ABC):
     def trainable_module(self) -> torch.nn.Module | None:
         """Parameters of the output side that train (None: the output side is frozen)."""
         return None
+
+    def train_mode(self, dropout: bool) -> None:
+        """Training: the frozen model's own dropout on or off (knob ``backbone_dropout``)."""
+        self.model.train(dropout)
+        if self.trainable_module() is not None:
+            self.trainable_module().train()
+
+    def eval_mode(self) -> None:
+        """Evaluation: dropout always off."""
+        self.model.eval()
+        if self.trainable_module() is not None:
+            self.trainable_module().eval()
 
     def to(self, device: torch.device | str) -> "Backbone":
         self.device = torch.device(device)

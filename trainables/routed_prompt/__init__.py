@@ -1,7 +1,9 @@
 """The routed prompt model: prompt pool, prompt encoders, router, composition.
 
-The knob vocabulary (``config``) imports without torch, so that validating a study
-spec or analysing results stays fast; the torch modules load on first use.
+The knob vocabulary (``config``) and the method registries (``methods``: route methods,
+compositions, source orders, prompt encoders, each one decorated function or class) import
+without torch, so that validating a study spec or analysing results stays fast; the torch
+modules load on first use.
 """
 
 import importlib

@@ -17,9 +17,10 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from trainables.errors import InputError, did_you_mean, format_choices
+from trainables.routed_prompt import methods
 from trainables.routed_prompt.conditions import Condition, derived, is_none_of, is_one_of
 
 
@@ -31,7 +32,9 @@ class Knob:
     kind: str
     default: Any
     help: str
-    choices: tuple | None = None
+    # The allowed values of a choice knob: a tuple, or a function of a method registry
+    # (methods.py), so that a registered method, a plugin's included, is a valid value.
+    choice_source: tuple | Callable[[], tuple] | None = None
     low: float | None = None
     high: float | None = None
     log: bool = False
@@ -41,8 +44,22 @@ class Knob:
     # When the knob means something in a trial (None: always). The one declaration that
     # validation, search spaces and analysis read (section 7: inert knobs are declared).
     applies: Condition | None = None
-    # Setting the knob where it does not apply is an error (not only inert).
-    strict: bool = False
+    # Setting the knob where it does not apply is an error (not only inert): True, or the
+    # narrower Condition outside which setting it is an error (target_share without a target),
+    # while where it only fails ``applies`` it is merely inert (target_share under target_mix add).
+    strict: bool | Condition = False
+
+    @property
+    def required(self) -> Condition | None:
+        """Where setting this knob is allowed at all (None: anywhere)."""
+        if isinstance(self.strict, Condition):
+            return self.strict
+        return self.applies if self.strict else None
+
+    @property
+    def choices(self) -> tuple | None:
+        source = self.choice_source
+        return tuple(source()) if callable(source) else source
 
     def applies_in(self, values: Mapping[str, Any]) -> bool:
         """Whether this knob means something given complete knob values (see :func:`complete`)."""
@@ -103,28 +120,40 @@ class Knob:
         return value
 
 
-def _candidates(values: Mapping[str, Any]) -> int:
-    """C seen by one task: sources + its private + its target + its input."""
+def _candidates(values: Mapping[str, Any]) -> int | None:
+    """C seen by one task: sources + its private + its target + its input; None when it depends on
+    the study's tasks (``sources: tasks``: one source per task)."""
+    if values["sources"] == "tasks":
+        return None
     return (values["num_source_prompts"] + int(values["private_prompts"]) + int(values["attend_target"])
             + int(values["attend_input"]))
 
 
-_POOL = ("num_source_prompts", "private_prompts", "attend_target", "attend_input")
+_POOL = ("sources", "num_source_prompts", "private_prompts", "attend_target", "attend_input")
 
-# When the composed prompt reaches the backbone at all: target_share = 1 is plain prompt
-# tuning, whatever the pool and the router do.
-COMPOSED = derived(lambda v: not (v["add_target"] and _same_number(v["target_share"], 1)),
-                   ("add_target", "target_share"), "target_share is not 1")
-# When router scores weigh the prompts: concat uses unit weights, so nothing is routed.
-ROUTED = COMPOSED & is_none_of("compose_method", "concat")
+# When the composed prompt reaches the backbone at all: a convex mix with target_share = 1 is
+# plain prompt tuning, whatever the pool and the router do.
+COMPOSED = derived(lambda v: not (v["add_target"] and v["target_mix"] == "convex"
+                                  and _same_number(v["target_share"], 1)),
+                   ("add_target", "target_mix", "target_share"), "target_share is not 1")
+# When router scores weigh the prompts: an unweighted composition (concat) uses unit weights.
+ROUTED = COMPOSED & derived(lambda v: v["compose_method"] not in methods.unweighted_compose_methods(),
+                            ("compose_method",), "compose_method weighs the prompts (not concat)")
 # When the temperature schedule changes a score: const scores are all ones.
-TEMPERED = ROUTED & is_none_of("route_method", "const")
-# When top-k keeps fewer candidates than exist: only then do before/after differ.
-SELECTS_FEWER = derived(lambda v: v["num_selected"] != -1 and v["num_selected"] < _candidates(v),
+TEMPERED = ROUTED & derived(lambda v: methods.ROUTE_METHODS.get(v["route_method"]).tempered,
+                            ("route_method",), "route_method uses the temperature (not const)")
+# When top-k keeps fewer candidates than exist: only then do before/after differ. With task-owned
+# sources C depends on the study's tasks, so a k >= 1 is taken to select fewer.
+SELECTS_FEWER = derived(lambda v: v["num_selected"] != -1 and (_candidates(v) is None
+                                                              or v["num_selected"] < _candidates(v)),
                         ("num_selected", *_POOL), "num_selected is below the number of candidates")
 # When more than one prompt is concatenated, so their order changes the prompt.
-ORDERS_SEVERAL = derived(lambda v: (_candidates(v) if v["num_selected"] == -1 else v["num_selected"]) > 1,
+ORDERS_SEVERAL = derived(lambda v: v["num_selected"] > 1 or (v["num_selected"] == -1 and (
+                             _candidates(v) is None or _candidates(v) > 1)),
                          ("num_selected", *_POOL), "more than one candidate is selected")
+JOINS = derived(lambda v: v["compose_method"] in methods.joining_compose_methods(), ("compose_method",),
+                "compose_method joins the prompts (cat, concat)")
+CONVEX = is_one_of("add_target", True) & is_one_of("target_mix", "convex")
 
 
 def _same_number(value: Any, number: float) -> bool:
@@ -132,18 +161,22 @@ def _same_number(value: Any, number: float) -> bool:
 
 
 def knob(default: Any, help: str, kind: str, **spec: Any) -> Any:
-    """A dataclass field that documents and constrains one knob."""
+    """A dataclass field that documents and constrains one knob (``choices``: a tuple or a
+    function returning the registered names)."""
+    if "choices" in spec:
+        spec["choice_source"] = spec.pop("choices")
     return field(default=default, metadata={"knob": dict(kind=kind, help=help, **spec)})
 
 
 @dataclass(frozen=True)
 class RoutedPromptConfig:
-    """Every knob of one trial of the routed prompt model (spec sections 2-4, 6)."""
+    """Every knob of one trial of the routed prompt model (spec sections 2-4, 6, 7)."""
 
     # --- optimisation (section 4) ---
     learning_rate: float = knob(0.05, "AdamW rate of prompts and prompt encoders.",
                                 "float", low=1e-7, high=10.0, log=True)
-    router_learning_rate: float = knob(0.05, "AdamW rate of the router logits (its own group).",
+    router_learning_rate: float = knob(0.05, "AdamW rate of the router (its logits, or the attention "
+                                       "router's projections; its own group).",
                                        "float", low=1e-7, high=10.0, log=True, applies=TEMPERED)
     epochs: int = knob(3, "Passes over the training data.", "int", low=1, high=1000)
     batch_size: int = knob(16, "Examples per batch; each batch holds one task.", "int", low=1, high=4096)
@@ -153,20 +186,31 @@ class RoutedPromptConfig:
     task_sampling: str = knob("size", "How batches of different tasks are mixed: in proportion to "
                               "the tasks' sizes, or uniformly.", "choice", choices=("size", "uniform"))
     seed: int = knob(0, "Seed of initialisation, batching and routing noise.", "int", low=0, high=2**31 - 1)
+    backbone_dropout: bool = knob(True, "The frozen backbone's own dropout during training (prompt tuning "
+                                  "and ATTEMPT train with it); always off at evaluation.", "bool")
 
-    # --- prompts (section 1) ---
+    # --- prompts (section 1, 7) ---
     num_prompt_tokens: int = knob(10, "L: tokens per prompt.", "int", low=1, high=512)
+    sources: str = knob("anonymous", "anonymous: a pool of num_source_prompts shared prompts; tasks: every "
+                        "task of the study owns one source prompt (router columns are tasks).", "choice",
+                        choices=("anonymous", "tasks"), applies=COMPOSED)
     num_source_prompts: int = knob(4, "Shared source prompts visible to every task.", "int", low=0, high=256,
-                                   applies=COMPOSED)
+                                   applies=COMPOSED & is_one_of("sources", "anonymous"))
+    source_init: str = knob("random", "Task-owned sources: random, or pretrained (each task's prompt first "
+                            "prompt-tuned alone, cached per node).", "choice", choices=("random", "pretrained"),
+                            applies=COMPOSED & is_one_of("sources", "tasks"))
+    freeze_sources: bool = knob(False, "Keep pre-trained task-owned sources fixed (true) or tune them on.",
+                                "bool", applies=COMPOSED & is_one_of("sources", "tasks")
+                                & is_one_of("source_init", "pretrained"))
     private_prompts: bool = knob(False, "Add one private prompt per task, visible only to it.", "bool",
                                  applies=COMPOSED)
     attend_target: bool = knob(False, "Add the task's own target prompt (pooled to L tokens) as a candidate.",
                                "bool", applies=COMPOSED)
     attend_input: bool = knob(False, "Add the input itself (pooled to L tokens) as a candidate.", "bool",
                               applies=COMPOSED)
-    prompt_encoder: str = knob("emb", "How a raw LxD parameter becomes a prompt: identity, "
-                               "Linear-ReLU-Linear, or bi-LSTM then MLP.", "choice",
-                               choices=("emb", "mlp", "lstm"))
+    prompt_encoder: str = knob("emb", "How a raw LxD parameter becomes a prompt (registered encoders: "
+                               "identity, Linear-ReLU-Linear, bi-LSTM then MLP, ...).", "choice",
+                               choices=methods.PROMPT_ENCODERS.names)
     prompt_encoder_residual: bool = knob(True, "mlp/lstm encoders add their input back (residual).", "bool",
                                          applies=is_none_of("prompt_encoder", "emb"))
     init_from_words: bool = knob(False, "Initialise raw prompts from embeddings of real vocabulary tokens "
@@ -174,34 +218,36 @@ class RoutedPromptConfig:
     prompt_position: str = knob("pre", "Insert the prompt before or after the input.", "choice",
                                 choices=("pre", "post"))
 
-    # --- router (section 2) ---
-    route_method: str = knob("rb", "Training scores: relaxed Bernoulli sample, sigmoid, softmax or all ones.",
-                             "choice", choices=("rb", "sigmoid", "softmax", "const"), applies=ROUTED)
-    eval_route_method: str = knob("sigmoid", "Evaluation scores: raw logits, sigmoid, 0/1 sign or rb sample.",
-                                  "choice", choices=("direct", "sigmoid", "sign", "rb"), applies=ROUTED)
+    # --- router (section 2, 7) ---
+    route_method: str = knob("rb", "Training scores (registered route methods): relaxed Bernoulli sample, "
+                             "sigmoid, softmax, all ones, or ATTEMPT's input-dependent attention.",
+                             "choice", choices=methods.train_route_methods, applies=ROUTED)
+    eval_route_method: str = knob("same", "Evaluation scores: same (the training method's deterministic "
+                                  "counterpart: rb -> sigmoid) or an explicit method.",
+                                  "choice", choices=methods.eval_route_methods, applies=ROUTED)
     apply_softmax_to: str = knob("after", "'before': softmax over all candidates before selection; "
                                  "otherwise how the k selected weights are normalised.", "choice",
                                  choices=("before", "after", "norm", "normafter", "nothing"),
                                  applies=ROUTED & SELECTS_FEWER)
-    num_selected: int = knob(-1, "k: candidates kept by top-k; -1 keeps all.", "int", low=1, high=4096,
-                             specials=(-1,), applies=COMPOSED)
-    source_order: str = knob("desc", "Order of the k selected (matters only for cat): strongest first, "
-                             "weakest first, or a random permutation each step.", "choice",
-                             choices=("desc", "asc", "rand"),
-                             applies=COMPOSED & is_one_of("compose_method", "cat", "concat") & ORDERS_SEVERAL)
+    num_selected: int = knob(-1, "k: candidates kept by top-k (ties: lowest index first); -1 keeps all.",
+                             "int", low=1, high=4096, specials=(-1,), applies=COMPOSED)
+    source_order: str = knob("desc", "Order of the k selected (matters only for cat/concat): strongest "
+                             "first, weakest first, or a random permutation each step.", "choice",
+                             choices=methods.SOURCE_ORDERS.names, applies=COMPOSED & JOINS & ORDERS_SEVERAL)
     compose_method: str = knob("wavg", "wavg: weighted average (L tokens); cat: weighted concatenation "
                                "(k*L tokens); concat: cat with unit weights.", "choice",
-                               choices=("wavg", "cat", "concat"), applies=COMPOSED)
+                               choices=methods.COMPOSE_METHODS.names, applies=COMPOSED)
     add_target: bool = knob(False, "Mix the task's target prompt into the composed prompt.", "bool")
+    target_mix: str = knob("convex", "convex: P <- (1-g)P + g*target; add: P <- target + P (ATTEMPT).",
+                           "choice", choices=("convex", "add"), applies=is_one_of("add_target", True))
     target_share: float | str | None = knob(None, "g in P <- (1-g)P + g*target: a number in [0, 1] (1 = plain "
-                                            "prompt tuning) or 'learned'. Only with add_target; defaults "
-                                            "to 0.5 there.", "float", low=0.0, high=1.0,
-                                            specials=("learned",), nullable=True,
-                                            applies=is_one_of("add_target", True), strict=True)
+                                            "prompt tuning) or 'learned'. Only with add_target and a convex "
+                                            "mix; defaults to 0.5 there.", "float", low=0.0, high=1.0,
+                                            specials=("learned",), nullable=True, applies=CONVEX,
+                                            strict=is_one_of("add_target", True))
     target_share_temperature: float = knob(1.0, "Temperature of the relaxed-Bernoulli learned target gate.",
                                            "float", low=1e-4, high=100.0, log=True,
-                                           applies=is_one_of("add_target", True)
-                                           & is_one_of("target_share", "learned"))
+                                           applies=CONVEX & is_one_of("target_share", "learned"))
 
     # --- temperature schedule (section 3) ---
     temperature: float = knob(1.0, "tau_0, the router temperature at step 0.", "float",
@@ -246,25 +292,47 @@ class RoutedPromptConfig:
         """Reject contradictory combinations of otherwise valid values."""
         values = self.to_dict()
         for name, spec in KNOBS.items():
-            if spec.strict and values[name] != spec.default and not spec.applies_in(values):
+            if spec.required and values[name] != spec.default and not spec.required(values):
                 raise InputError(f"{where}: knob '{name}' is set to {values[name]!r} but it only has a "
-                                 f"meaning when {spec.applies.text}")
+                                 f"meaning when {spec.required.text}")
         if self.anneal_min > self.anneal_max:
             raise InputError(f"{where}: knob 'anneal_min' ({self.anneal_min:g}) exceeds 'anneal_max' "
                              f"({self.anneal_max:g})")
-        if self.num_candidates_per_task == 0:
+        self.check_candidates(None, where)
+
+    def check_candidates(self, num_tasks: int | None, where: str = "config") -> None:
+        """The router has candidates and num_selected fits them (task-owned sources: needs ``num_tasks``)."""
+        count = self.candidates_per_task(num_tasks)
+        if count is None:
+            return
+        if count == 0:
             raise InputError(f"{where}: the router has no candidates: set 'num_source_prompts' >= 1, or "
                              f"enable private_prompts, attend_target or attend_input")
-        if self.num_selected != -1 and self.num_selected > self.num_candidates_per_task:
+        if self.num_selected != -1 and self.num_selected > count:
             raise InputError(f"{where}: knob 'num_selected' is {self.num_selected} but a task has only "
-                             f"{self.num_candidates_per_task} candidates; allowed: -1 (all) or "
-                             f"1..{self.num_candidates_per_task}")
+                             f"{count} candidates; allowed: -1 (all) or 1..{count}")
+
+    def candidates_per_task(self, num_tasks: int | None) -> int | None:
+        """C seen by one task: sources (num_source_prompts, or one per task with ``sources: tasks``)
+        + its private + its target + its input; None when that needs the unknown number of tasks."""
+        if self.sources == "tasks" and num_tasks is None:
+            return None
+        sources = num_tasks if self.sources == "tasks" else self.num_source_prompts
+        return sources + int(self.private_prompts) + int(self.attend_target) + int(self.attend_input)
 
     @property
-    def num_candidates_per_task(self) -> int:
-        """C seen by one task: sources + its private + its target + its input."""
-        return (self.num_source_prompts + int(self.private_prompts) + int(self.attend_target)
-                + int(self.attend_input))
+    def num_candidates_per_task(self) -> int | None:
+        """C seen by one task with anonymous sources (None with task-owned ones)."""
+        return self.candidates_per_task(None)
+
+    def prompt_tokens(self, num_tasks: int) -> int:
+        """Tokens of the composed prompt P (k*L when the composition joins, L otherwise)."""
+        if not COMPOSED(self.to_dict()):
+            return self.num_prompt_tokens
+        count = self.candidates_per_task(num_tasks)
+        k = count if self.num_selected == -1 else self.num_selected
+        return k * self.num_prompt_tokens if self.compose_method in methods.joining_compose_methods() \
+            else self.num_prompt_tokens
 
     @property
     def effective_target_share(self) -> float | str | None:

@@ -3,9 +3,9 @@
 One encoder is shared by the whole prompt pool (sources, private and target
 prompts), so its size depends on D only, not on the number of prompts or tasks.
 Every encoder maps ``N x L x D`` to ``N x L x D``. Add one by subclassing
-:class:`PromptEncoder` and decorating it with ``@register_encoder("name")``; the
-tests run over every registered name, and the name must also be an allowed value
-of ``prompt_encoder`` in ``config.py``.
+:class:`PromptEncoder` and decorating it with ``@register_encoder("name")`` (here or in a
+plugin module): the name joins the registry ``methods.PROMPT_ENCODERS`` that the knob
+``prompt_encoder`` reads its values from, and the tests run over every registered name.
 """
 
 from __future__ import annotations
@@ -15,28 +15,24 @@ from typing import Callable
 import torch
 from torch import nn
 
-_ENCODERS: dict[str, type["PromptEncoder"]] = {}
+from trainables.routed_prompt.methods import PROMPT_ENCODERS
 
 
 def register_encoder(name: str) -> Callable[[type["PromptEncoder"]], type["PromptEncoder"]]:
     def decorate(cls: type[PromptEncoder]) -> type[PromptEncoder]:
         cls.name = name
-        _ENCODERS[name] = cls
+        PROMPT_ENCODERS.register(name, cls)
         return cls
 
     return decorate
 
 
 def encoder_names() -> list[str]:
-    return list(_ENCODERS)
+    return list(PROMPT_ENCODERS.names())
 
 
 def build_encoder(name: str, hidden_size: int, residual: bool) -> "PromptEncoder":
-    try:
-        cls = _ENCODERS[name]
-    except KeyError:
-        raise ValueError(f"unknown prompt encoder {name!r}; registered: {', '.join(_ENCODERS)}") from None
-    return cls(hidden_size, residual)
+    return PROMPT_ENCODERS.get(name, where="prompt_encoder")(hidden_size, residual)
 
 
 class PromptEncoder(nn.Module):

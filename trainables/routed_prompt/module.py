@@ -9,44 +9,17 @@ that saves and restores torch's RNG state resumes bit for bit.
 
 from __future__ import annotations
 
-from typing import Callable
+import math
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
-from torch.distributions import RelaxedBernoulli
 
-from trainables.routed_prompt.config import RoutedPromptConfig
+from trainables.routed_prompt import methods
+from trainables.routed_prompt.config import COMPOSED, RoutedPromptConfig
 from trainables.routed_prompt.encoders import build_encoder
 from trainables.routed_prompt.schedule import default_anneal_rate, temperature_at
-
-# Router scores s (B x C) from a task's logits l (C,) at temperature tau, for batch size B.
-ScoreFn = Callable[[torch.Tensor, float, int], torch.Tensor]
-
-
-def _relaxed_bernoulli(logits: torch.Tensor, tau: float, batch: int) -> torch.Tensor:
-    # sigmoid((l + logistic noise) / tau), one sample per example.
-    return RelaxedBernoulli(torch.as_tensor(tau, dtype=logits.dtype, device=logits.device), logits=logits,
-                            validate_args=False).rsample((batch,))
-
-
-#: route_method (training).
-TRAIN_SCORES: dict[str, ScoreFn] = {
-    "rb": _relaxed_bernoulli,
-    "sigmoid": lambda logits, tau, batch: torch.sigmoid(logits / tau).expand(batch, -1),
-    "softmax": lambda logits, tau, batch: torch.softmax(logits / tau, dim=-1).expand(batch, -1),
-    "const": lambda logits, tau, batch: torch.ones_like(logits).expand(batch, -1),
-}
-
-#: eval_route_method (evaluation). ``sigmoid`` uses the current tau, as training's ``sigmoid``
-#: does, so that method behaves identically in both modes.
-EVAL_SCORES: dict[str, ScoreFn] = {
-    "direct": lambda logits, tau, batch: logits.expand(batch, -1),
-    "sigmoid": TRAIN_SCORES["sigmoid"],
-    "sign": lambda logits, tau, batch: (logits > 0).to(logits.dtype).expand(batch, -1),
-    "rb": _relaxed_bernoulli,
-}
 
 _EPS = 1e-8
 
@@ -66,6 +39,43 @@ AFTER_SELECTION: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "normafter": lambda w: torch.softmax(_l1_normalise(w), dim=-1),
     "nothing": lambda w: w,
 }
+
+#: Width of the attention router's bottleneck (ATTEMPT's attn_W_down: D -> 100).
+ATTENTION_BOTTLENECK = 100
+
+
+def select_top_k(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The k highest scores of each row, strongest first; ties break by candidate index, lowest
+    first, on every device (a stable sort, where ``topk`` picks an arbitrary, device-dependent one)."""
+    chosen = scores.argsort(dim=-1, descending=True, stable=True)[:, :k]
+    return scores.gather(-1, chosen), chosen
+
+
+def masked_max(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Max over the real tokens of each row (B x S x D, mask B x S) -> B x D."""
+    return x.masked_fill(~mask.to(torch.bool)[..., None], torch.finfo(x.dtype).min).amax(1)
+
+
+class AttentionRouter(nn.Module):
+    """ATTEMPT's input-dependent router (Asai et al., 2022; spec section 7).
+
+    Query: the input's token embeddings max-pooled over tokens, through a down-projection,
+    SiLU, an up-projection and LayerNorm. Keys: each candidate prompt max-pooled over its
+    tokens. Logits: key.query / (D e); the route method's softmax divides them by tau.
+    """
+
+    def __init__(self, hidden_size: int, bottleneck: int = ATTENTION_BOTTLENECK):
+        super().__init__()
+        self.down = nn.Linear(hidden_size, bottleneck)
+        self.up = nn.Linear(bottleneck, hidden_size)
+        self.norm = nn.LayerNorm(hidden_size)
+        self.scale = hidden_size * math.e
+
+    def forward(self, input_embeds: torch.Tensor, input_mask: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+        """Logits B x C from the input (B x S x D) and the encoded candidates (B x C x L x D)."""
+        query = self.norm(self.up(nn.functional.silu(self.down(masked_max(input_embeds, input_mask)))))
+        keys = candidates.amax(2)                                             # B x C x D
+        return torch.einsum("bcd,bd->bc", keys.to(query.dtype), query) / self.scale
 
 
 def pool_tokens(x: torch.Tensor, mask: torch.Tensor, length: int) -> torch.Tensor:
@@ -98,15 +108,17 @@ class RoutedPrompt(nn.Module):
         word_embeddings: the frozen V x D token-embedding table. Used for
             ``init_from_words`` and, when given, to match the scale of random
             initialisation to real token embeddings.
+        task_names: the tasks' names; with ``sources: tasks`` they name the router's source
+            columns (a task's own source prompt), otherwise ``task_0``... is assumed.
 
-    Parameters: ``sources`` (N x L x D), ``private`` (T x L x D), ``target``
-    (T x L_t x D, L_t = L for wavg, k*L for cat/concat), ``target_gate_logits`` (T),
-    ``router`` (T x C, zeros), and the shared ``encoder``. Only those a config
-    uses exist.
+    Parameters: ``sources`` (N x L x D; N = T with task-owned sources), ``private`` (T x L x D),
+    ``target`` (T x L_t x D, L_t = L for wavg, k*L for cat/concat), ``target_gate_logits`` (T),
+    and either ``router`` (T x C logits, zeros) or ``attention`` (ATTEMPT's router), and the
+    shared ``encoder``. Only those a config uses exist.
     """
 
     def __init__(self, config: RoutedPromptConfig, num_tasks: int, hidden_size: int, total_steps: int,
-                 word_embeddings: torch.Tensor | None = None):
+                 word_embeddings: torch.Tensor | None = None, task_names: Sequence[str] | None = None):
         super().__init__()
         if num_tasks < 1:
             raise ValueError(f"num_tasks must be >= 1, got {num_tasks}")
@@ -116,9 +128,19 @@ class RoutedPrompt(nn.Module):
         self.total_steps = max(1, int(total_steps))
         self.anneal_rate = (default_anneal_rate(self.total_steps) if config.anneal_rate is None
                             else config.anneal_rate)
+        self.task_names = list(task_names) if task_names is not None else [f"task_{i}" for i in range(num_tasks)]
+        if len(self.task_names) != num_tasks:
+            raise ValueError(f"{len(self.task_names)} task names for {num_tasks} tasks")
+        self.route_method = methods.ROUTE_METHODS.get(config.route_method)
+        self.eval_method = methods.eval_method_for(config.route_method, config.eval_route_method)
+        self.composition = methods.COMPOSE_METHODS.get(config.compose_method)
+        self.order = methods.SOURCE_ORDERS.get(config.source_order)
 
         L = config.num_prompt_tokens
-        self.candidate_names: list[str] = [f"source_{i}" for i in range(config.num_source_prompts)]
+        task_sources = config.sources == "tasks"
+        num_sources = num_tasks if task_sources else config.num_source_prompts
+        self.candidate_names: list[str] = (list(self.task_names) if task_sources
+                                           else [f"source_{i}" for i in range(num_sources)])
         self.candidate_names += [name for name, on in (("private", config.private_prompts),
                                                        ("target", config.attend_target),
                                                        ("input", config.attend_input)) if on]
@@ -126,10 +148,11 @@ class RoutedPrompt(nn.Module):
         self.num_selected = self.num_candidates if config.num_selected == -1 else config.num_selected
         if not 1 <= self.num_selected <= self.num_candidates:
             raise ValueError(f"num_selected {config.num_selected} with {self.num_candidates} candidates")
-        joins = config.compose_method in ("cat", "concat")
-        self._prompt_length = self.num_selected * L if joins else L
+        # target_share = 1 (convex) is plain prompt tuning: nothing is composed, P is L tokens.
+        self.composed = COMPOSED(config.to_dict())
+        self._prompt_length = config.prompt_tokens(num_tasks)
 
-        share = config.effective_target_share
+        share = config.effective_target_share if config.target_mix == "convex" else None
         self.learned_gate = share == "learned"
         self.fixed_share = None if share is None or self.learned_gate else float(share)
         self.has_target = config.add_target or config.attend_target
@@ -142,12 +165,16 @@ class RoutedPrompt(nn.Module):
             def draw(n: int, length: int) -> torch.Tensor:
                 return _raw_prompts(n, length, hidden_size, table, config.init_from_words)
 
-            self.sources = nn.Parameter(draw(config.num_source_prompts, L)) if config.num_source_prompts else None
+            self.sources = nn.Parameter(draw(num_sources, L)) if num_sources else None
             self.private = nn.Parameter(draw(num_tasks, L)) if config.private_prompts else None
             self.target = nn.Parameter(draw(num_tasks, self._prompt_length)) if self.has_target else None
             self.encoder = build_encoder(config.prompt_encoder, hidden_size, config.prompt_encoder_residual)
+            self.attention = (AttentionRouter(hidden_size) if self.route_method.router == "attention" else None)
         self.target_gate_logits = nn.Parameter(torch.zeros(num_tasks)) if self.learned_gate else None
-        self.router = nn.Parameter(torch.zeros(num_tasks, self.num_candidates))
+        self.router = nn.Parameter(torch.zeros(num_tasks, self.num_candidates)) if self.attention is None else None
+        # The attention router has no logit table: its matrix is the mean evaluation score per task.
+        self.register_buffer("_score_sum", torch.zeros(num_tasks, self.num_candidates), persistent=False)
+        self.register_buffer("_score_count", torch.zeros(num_tasks), persistent=False)
 
     # ------------------------------------------------------------------ properties
     @property
@@ -160,23 +187,49 @@ class RoutedPrompt(nn.Module):
         c = self.config
         return temperature_at(step, c.temperature, c.anneal_dir, self.anneal_rate, c.anneal_min, c.anneal_max)
 
+    def router_parameters(self) -> list[nn.Parameter]:
+        return [self.router] if self.router is not None else list(self.attention.parameters())
+
     def parameter_groups(self) -> list[dict]:
-        """AdamW groups: prompts, encoder and target gates at learning_rate; the router at its own rate."""
-        prompts = [p for name, p in self.named_parameters() if name != "router"]
+        """AdamW groups: prompts, encoder and target gates at learning_rate; the router at its own rate.
+        Frozen parameters (``freeze_sources``) are left out."""
+        routing = {id(p) for p in self.router_parameters()}
+        prompts = [p for p in self.parameters() if id(p) not in routing and p.requires_grad]
         return [{"params": prompts, "lr": self.config.learning_rate, "name": "prompts"},
-                {"params": [self.router], "lr": self.config.router_learning_rate, "name": "router"}]
+                {"params": self.router_parameters(), "lr": self.config.router_learning_rate, "name": "router"}]
+
+    def load_sources(self, prompts: torch.Tensor, freeze: bool) -> None:
+        """Start the task-owned sources from pre-trained prompts (T x L x D, raw, in task order)."""
+        if self.config.sources != "tasks" or self.sources is None:
+            raise ValueError("pre-trained sources need sources: tasks")
+        if tuple(prompts.shape) != tuple(self.sources.shape):
+            raise ValueError(f"pre-trained sources are {tuple(prompts.shape)}, expected {tuple(self.sources.shape)}")
+        with torch.no_grad():
+            self.sources.copy_(prompts.to(self.sources))
+        self.sources.requires_grad_(not freeze)
+
+    def train(self, mode: bool = True) -> "RoutedPrompt":
+        if not mode:   # a new evaluation: the attention router's matrix averages it afresh
+            self._score_sum.zero_()
+            self._score_count.zero_()
+        return super().train(mode)
 
     def router_matrix(self) -> np.ndarray:
-        """T x C router logits (rows: tasks, columns: ``candidate_names``)."""
-        return self.router.detach().float().cpu().numpy().copy()
+        """T x C (rows: tasks, columns: ``candidate_names``): the router logits, or for the
+        attention router the mean score per task over the last evaluation."""
+        if self.router is not None:
+            return self.router.detach().float().cpu().numpy().copy()
+        count = self._score_count.clamp_min(1)[:, None]
+        return (self._score_sum / count).float().cpu().numpy().copy()
 
     def target_gates(self) -> np.ndarray | None:
-        """Per-task target share g: the fixed number, or the learned gate's mean sigmoid(logit)."""
+        """Per-task target share g: the fixed number, or the learned gate's mean sigmoid(logit);
+        1 for every task under ``target_mix: add`` (the target enters with weight 1)."""
         if not self.config.add_target:
             return None
         if self.learned_gate:
             return torch.sigmoid(self.target_gate_logits.detach().float()).cpu().numpy()
-        return np.full(self.num_tasks, self.fixed_share, dtype=np.float32)
+        return np.full(self.num_tasks, 1.0 if self.fixed_share is None else self.fixed_share, dtype=np.float32)
 
     # ------------------------------------------------------------------ forward
     def forward(self, task_id: int, input_embeds: torch.Tensor, input_mask: torch.Tensor, step: int) -> torch.Tensor:
@@ -185,45 +238,47 @@ class RoutedPrompt(nn.Module):
             raise IndexError(f"task_id {t} outside 0..{self.num_tasks - 1}")
         batch = input_embeds.shape[0]
         target = self.encoder(self.target[t:t + 1]) if self.has_target else None  # 1 x L_t x D
-        if self.fixed_share == 1.0:
+        if not self.composed:
             # g = 1 is plain prompt tuning: the routed part would be multiplied by 0.
             return target.expand(batch, -1, -1).to(input_embeds.dtype)
 
-        weights, chosen = self.route(t, batch, step)                  # B x k, B x k
         candidates = self.candidates(t, input_embeds, input_mask, target)  # B x C x L x D
+        logits = None if self.attention is None else self.attention(input_embeds, input_mask, candidates)
+        weights, chosen = self.route(t, batch, step, logits=logits)  # B x k, B x k
         picked = candidates[torch.arange(batch, device=chosen.device)[:, None], chosen]  # B x k x L x D
-        method = self.config.compose_method
-        if method == "wavg":
-            prompt = torch.einsum("bk,bkld->bld", weights.to(picked.dtype), picked)
-        elif method == "cat":
-            prompt = (weights.to(picked.dtype)[..., None, None] * picked).flatten(1, 2)
-        else:  # concat: the selected candidates joined with unit weights
-            prompt = picked.flatten(1, 2)
+        prompt = self.composition.compose(weights, picked)
 
         if self.config.add_target:
-            gate = self._gate(t, batch, prompt.dtype)
-            prompt = (1 - gate) * prompt + gate * target
+            if self.config.target_mix == "add":
+                prompt = target + prompt      # ATTEMPT: the target enters with weight 1
+            else:
+                gate = self._gate(t, batch, prompt.dtype)
+                prompt = (1 - gate) * prompt + gate * target
         return prompt.to(input_embeds.dtype)
 
-    def scores(self, task_id: int, batch: int, step: int) -> torch.Tensor:
-        """Step 3 of section 2: B x C scores from the task's router row, by route_method when
-        training and eval_route_method otherwise."""
-        c = self.config
-        score_fn = TRAIN_SCORES[c.route_method] if self.training else EVAL_SCORES[c.eval_route_method]
-        return score_fn(self.router[task_id], self.tau(step), batch)
+    def scores(self, task_id: int, batch: int, step: int, logits: torch.Tensor | None = None) -> torch.Tensor:
+        """Step 3 of section 2: B x C scores from the task's router row (or the attention router's
+        per-example ``logits``), by route_method when training and by the evaluation method
+        (``same``: the training method's deterministic counterpart) otherwise."""
+        if logits is None:
+            logits = self.router[task_id].expand(batch, -1)
+        method = self.route_method if self.training else self.eval_method
+        scores = method.scores(logits, self.tau(step))
+        if not self.training and self.attention is not None:
+            with torch.no_grad():
+                self._score_sum[task_id] += scores.detach().sum(0).to(self._score_sum)
+                self._score_count[task_id] += scores.shape[0]
+        return scores
 
-    def route(self, task_id: int, batch: int, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def route(self, task_id: int, batch: int, step: int,
+              logits: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Steps 3-7 of section 2: (weights B x k, candidate indices B x k) in composition order."""
         c = self.config
-        scores = self.scores(task_id, batch, step)
+        scores = self.scores(task_id, batch, step, logits)
         if c.apply_softmax_to == "before":
             scores = torch.softmax(scores, dim=-1)
-        weights, chosen = scores.topk(self.num_selected, dim=-1, sorted=True)  # strongest first
-        if c.source_order == "asc":
-            weights, chosen = weights.flip(-1), chosen.flip(-1)
-        elif c.source_order == "rand":
-            order = torch.randperm(self.num_selected, device=weights.device)
-            weights, chosen = weights[:, order], chosen[:, order]
+        weights, chosen = select_top_k(scores, self.num_selected)     # strongest first
+        weights, chosen = self.order(weights, chosen)
         return AFTER_SELECTION[c.apply_softmax_to](weights), chosen
 
     def candidates(self, task_id: int, input_embeds: torch.Tensor, input_mask: torch.Tensor,
@@ -240,11 +295,12 @@ class RoutedPrompt(nn.Module):
                if p is not None]
         shared = [self.encoder(torch.cat(raw))] if raw else []        # one encoder call for the pool
         if c.attend_target:
-            shared.append(F.adaptive_avg_pool1d(target.transpose(1, 2), L).transpose(1, 2))
+            shared.append(nn.functional.adaptive_avg_pool1d(target.transpose(1, 2), L).transpose(1, 2))
         batch = input_embeds.shape[0]
         parts = [torch.cat(shared).unsqueeze(0).expand(batch, -1, -1, -1)] if shared else []
         if c.attend_input:
-            pooled = pool_tokens(input_embeds.to(self.router.dtype), input_mask, L)
+            dtype = shared[0].dtype if shared else input_embeds.dtype
+            pooled = pool_tokens(input_embeds.to(dtype), input_mask, L)
             parts.append(pooled.unsqueeze(1))
         return torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
 
@@ -254,7 +310,8 @@ class RoutedPrompt(nn.Module):
             return self.fixed_share
         logit = self.target_gate_logits[task_id]
         if self.training:
-            gate = _relaxed_bernoulli(logit.reshape(1), self.config.target_share_temperature, batch)
+            gate = methods.relaxed_bernoulli(logit.reshape(1, 1).expand(batch, 1),
+                                             self.config.target_share_temperature)
         else:
             gate = torch.sigmoid(logit).reshape(1, 1).expand(batch, 1)
         return gate.to(dtype)[..., None]
