@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 from sklearn.base import BaseEstimator, TransformerMixin
 
-from trainables.routed_prompt.config import KNOBS
+from routed_study.trainables.routed_prompt.config import KNOBS
 
 NA = "n/a"
 

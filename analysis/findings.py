@@ -30,8 +30,8 @@ import pandas as pd
 import yaml
 from scipy.stats import mannwhitneyu, norm
 
-from analysis.encoding import NA, mark_not_applicable, value_label
-from trainables.errors import InputError, did_you_mean, format_choices
+from routed_study.analysis.encoding import NA, mark_not_applicable, value_label
+from routed_study.trainables.errors import InputError, did_you_mean, format_choices
 
 DEFAULT_FILE = Path(__file__).with_name("findings.yaml")
 KINDS = ("compare", "ranking", "untestable")

@@ -21,9 +21,9 @@ from sklearn.inspection import permutation_importance
 from sklearn.model_selection import GridSearchCV, KFold, StratifiedKFold
 from sklearn.tree import DecisionTreeClassifier, DecisionTreeRegressor, export_text
 
-from analysis.encoding import labels, mark_not_applicable
-from trainables.errors import InputError
-from trainables.routed_prompt.config import KNOBS
+from routed_study.analysis.encoding import labels, mark_not_applicable
+from routed_study.trainables.errors import InputError
+from routed_study.trainables.routed_prompt.config import KNOBS
 
 
 def broken_labels(y: np.ndarray, threshold: float | None = None, quantile: float = 0.25) -> tuple[np.ndarray, float]:

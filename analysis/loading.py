@@ -22,8 +22,8 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from trainables.errors import InputError, did_you_mean
-from trainables.routed_prompt.config import KNOBS
+from routed_study.trainables.errors import InputError, did_you_mean
+from routed_study.trainables.routed_prompt.config import KNOBS
 
 #: How each trial status enters the analysis (also printed in the report).
 STATUS_TREATMENT = {

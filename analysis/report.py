@@ -15,12 +15,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from analysis import charts
-from analysis.encoding import KnobEncoder, mark_not_applicable
-from analysis.findings import evaluate_findings, load_findings
-from analysis.importance import METHODS, BootstrapRanks
-from analysis.loading import STATUS_TREATMENT, load_trials
-from trainables.errors import InputError
+from routed_study.analysis import charts
+from routed_study.analysis.encoding import KnobEncoder, mark_not_applicable
+from routed_study.analysis.findings import evaluate_findings, load_findings
+from routed_study.analysis.importance import METHODS, BootstrapRanks
+from routed_study.analysis.loading import STATUS_TREATMENT, load_trials
+from routed_study.trainables.errors import InputError
 
 
 def _rank(values: pd.Series) -> pd.Series:

@@ -13,7 +13,7 @@ from pathlib import Path
 # `python bench/analysis_scaling.py` puts bench/ on the path, not the repository root whose
 # tests/ holds the synthetic tables shared with the analysis tests.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from analysis.report import build_report  # noqa: E402
+from routed_study.analysis.report import build_report  # noqa: E402
 from tests.synthetic import planted_table  # noqa: E402
 
 

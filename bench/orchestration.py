@@ -30,7 +30,7 @@ from tests.sleep_trainable import make_sleep_trainable  # noqa: E402
 
 def bench_spec(storage: Path, trials: int, epochs: int, concurrency: int):
     """A real StudySpec for the benchmark: TPE over learning_rate, no early stopping, no report."""
-    from study.spec import StudySpec
+    from routed_study.study.spec import StudySpec
 
     spec_file = storage / "bench.yaml"
     spec_file.write_text(json.dumps({
@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> float:
 
     import ray
 
-    from study.runner import run_study
+    from routed_study.study.runner import run_study
 
     with tempfile.TemporaryDirectory(prefix="orchestration-bench-") as tmp:
         spec = bench_spec(Path(tmp), args.trials, args.epochs, args.concurrency)

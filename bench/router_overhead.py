@@ -48,7 +48,7 @@ def make_batch(backbone, batch_size: int, input_tokens: int, seed: int) -> dict:
 
 
 def routed_step_fn(backbone, config, batch):
-    from trainables.routed_prompt import RoutedPrompt
+    from routed_study.trainables.routed_prompt import RoutedPrompt
 
     backbone.eval_mode()
     model = RoutedPrompt(config, num_tasks=1, hidden_size=backbone.hidden_size, total_steps=1000,
@@ -74,7 +74,7 @@ def peft_step_fn(backbone, path: str, prompt_length: int, learning_rate: float, 
     from peft import PromptTuningConfig, get_peft_model
     from transformers import AutoModel
 
-    from trainables.backbones import mean_pool
+    from routed_study.trainables.backbones import mean_pool
 
     peft_config = PromptTuningConfig(task_type="FEATURE_EXTRACTION", num_virtual_tokens=prompt_length)
     model = get_peft_model(AutoModel.from_pretrained(path).eval(), peft_config)
@@ -111,10 +111,10 @@ def main(argv=None) -> float:
 
     import transformers
 
-    from trainables.backbones import EncoderBackbone
-    from trainables.routed_prompt import RoutedPromptConfig
-    from trainables.setup import TrialSetup
-    from trainables.tasks import get_task
+    from routed_study.trainables.backbones import EncoderBackbone
+    from routed_study.trainables.routed_prompt import RoutedPromptConfig
+    from routed_study.trainables.setup import TrialSetup
+    from routed_study.trainables.tasks import get_task
 
     warnings.filterwarnings("ignore", category=FutureWarning)  # deprecation notes from inside PEFT
     transformers.utils.logging.disable_progress_bar()

@@ -1,8 +1,8 @@
 """Named search spaces over the routed prompt model's knobs (see ``base`` for the model)."""
 
-from search_spaces.base import (CustomSpace, Param, SearchSpace, get_space, param_from_spec,
+from routed_study.search_spaces.base import (CustomSpace, Param, SearchSpace, get_space, param_from_spec,
                                 register, space_names)
-from search_spaces import spaces as _spaces  # noqa: F401  (registers core, findings, original_grid)
+from routed_study.search_spaces import spaces as _spaces  # noqa: F401  (registers core, findings, original_grid)
 
 __all__ = ["CustomSpace", "Param", "SearchSpace", "get_space", "param_from_spec", "register",
            "space_names"]

@@ -25,10 +25,10 @@ from optuna.distributions import (BaseDistribution, CategoricalDistribution, Flo
                                   IntDistribution)
 from pydantic import Field, model_validator
 
-from trainables.errors import InputError, did_you_mean, format_choices
-from trainables.routed_prompt import methods
-from trainables.routed_prompt.config import KNOBS, RoutedPromptConfig, complete, inert_knobs
-from trainables.schema import Section, parse
+from routed_study.trainables.errors import InputError, did_you_mean, format_choices
+from routed_study.trainables.routed_prompt import methods
+from routed_study.trainables.routed_prompt.config import KNOBS, RoutedPromptConfig, complete, inert_knobs
+from routed_study.trainables.schema import Section, parse
 
 
 @dataclass(frozen=True)
@@ -220,7 +220,7 @@ class SearchSpace(ABC):
     def check_setup(self, setup: Any, where: str = "space") -> None:
         """Checks that need the study's setup: the longest prompt the space can compose plus
         max_length fits the backbone, and num_selected fits task-owned sources (one per task)."""
-        from trainables.limits import check_fits
+        from routed_study.trainables.limits import check_fits
 
         possible = self._possible
         joins = [m for m in possible("compose_method") if m in methods.joining_compose_methods()]

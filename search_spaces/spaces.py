@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from search_spaces.base import Param, SearchSpace, choice, floats, ints, register
-from trainables.routed_prompt.config import KNOBS
+from routed_study.search_spaces.base import Param, SearchSpace, choice, floats, ints, register
+from routed_study.trainables.routed_prompt.config import KNOBS
 
 
 def every(name: str, when=None) -> Param:

@@ -13,13 +13,13 @@ import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
-from trainables.errors import InputError
+from routed_study.trainables.errors import InputError
 
 EXIT_INPUT_ERROR = 2
 
 
 def _validate(args: argparse.Namespace) -> int:
-    from study.spec import StudySpec
+    from routed_study.study.spec import StudySpec
 
     spec = StudySpec.load(args.spec)
     print("\n".join(spec.describe()))
@@ -30,7 +30,7 @@ def _validate(args: argparse.Namespace) -> int:
 def _schema(args: argparse.Namespace) -> int:
     import json
 
-    from study.spec import json_schema
+    from routed_study.study.spec import json_schema
 
     print(json.dumps(json_schema(), indent=2))
     return 0
@@ -40,8 +40,8 @@ def _ensure_data(spec) -> None:
     """Make every split of every task readable before training: prepare the offline suite
     if it was never prepared, then stop with the data's InputError (file and row) for any
     missing or malformed file, so that no trial starts on data that cannot be read."""
-    from trainables.tasks import SPLITS, get_task, load_split, prepare_offline_suite
-    from trainables.tasks.offline import MANIFEST
+    from routed_study.trainables.tasks import SPLITS, get_task, load_split, prepare_offline_suite
+    from routed_study.trainables.tasks.offline import MANIFEST
 
     data_dir = Path(spec.setup.data_dir)
     needs_offline = any(get_task(task).family == "offline" for task in spec.setup.tasks)
@@ -55,13 +55,13 @@ def _ensure_data(spec) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from study.spec import StudySpec
+    from routed_study.study.spec import StudySpec
 
     spec = StudySpec.load(args.spec)
     _ensure_data(spec)
     if spec.cluster_address and not os.environ.get("RAY_ADDRESS"):
         os.environ["RAY_ADDRESS"] = spec.cluster_address  # the runner connects to RAY_ADDRESS when set
-    from study.runner import run_study
+    from routed_study.study.runner import run_study
 
     print(run_study(spec).summary())
     return 0
@@ -74,27 +74,27 @@ TRACKING_SCHEMES = ("http", "https", "sqlite", "postgresql", "mysql", "mssql", "
 def _is_tracking_uri(target: str) -> bool:
     from urllib.parse import urlsplit
 
-    from study.location import is_uri
+    from routed_study.study.location import is_uri
 
     return is_uri(target) and urlsplit(target).scheme.split("+")[0] in TRACKING_SCHEMES
 
 
 def _resume(args: argparse.Namespace) -> int:
-    from study.location import Location
-    from study.runner import resume_study
+    from routed_study.study.location import Location
+    from routed_study.study.runner import resume_study
 
     print(resume_study(Location(args.study_dir)).summary())  # a directory or a URI (s3://...)
     return 0
 
 
 def _analyze(args: argparse.Namespace) -> int:
-    from analysis.report import build_report
-    from study.location import is_uri
+    from routed_study.analysis.report import build_report
+    from routed_study.study.location import is_uri
 
     source, experiment = args.source, args.experiment
     if is_uri(source) and not _is_tracking_uri(source):
         # A study on remote storage (s3://...): its results are analysed from its MLflow runs.
-        from study.runner import load_study_spec
+        from routed_study.study.runner import load_study_spec
 
         spec = load_study_spec(source)
         source, experiment = spec.mlflow_tracking_uri, experiment or spec.name
@@ -106,9 +106,9 @@ def _analyze(args: argparse.Namespace) -> int:
 
 
 def _ui(args: argparse.Namespace) -> int:
-    from study.location import Location
-    from study.runner import SPEC_FILE, load_study_spec
-    from study.tracking import serve_ui
+    from routed_study.study.location import Location
+    from routed_study.study.runner import SPEC_FILE, load_study_spec
+    from routed_study.study.tracking import serve_ui
 
     target = args.target
     if _is_tracking_uri(target):
@@ -125,7 +125,7 @@ def _ui(args: argparse.Namespace) -> int:
 
 
 def _data_prepare(args: argparse.Namespace) -> int:
-    from trainables.tasks import prepare_offline_suite
+    from routed_study.trainables.tasks import prepare_offline_suite
 
     path = prepare_offline_suite(args.data_dir, seed=args.seed, force=args.force)
     print(f"offline task suite ready in {Path(path).absolute()}")

@@ -33,7 +33,7 @@ def check_location(value: str, key: str) -> None:
     """
     from urllib.parse import urlsplit
 
-    from trainables.errors import InputError
+    from routed_study.trainables.errors import InputError
 
     parts = urlsplit(value)
     if parts.scheme in ("s3", "gs"):

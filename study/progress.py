@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, TextIO
 
 from ray.tune import Callback
 
-from trainables.results import best
+from routed_study.trainables.results import best
 
 if TYPE_CHECKING:
     from ray.tune.experiment import Trial

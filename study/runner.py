@@ -18,14 +18,14 @@ from typing import TYPE_CHECKING, Any, Callable
 import optuna
 from ray.tune.search.optuna import OptunaSearch
 
-from trainables.errors import InputError
-from trainables.results import OPTUNA_TRIAL_KEY, REPEAT_INDEX_KEY, best, stopped_early
-from trainables.routed_prompt.config import knob_values
+from routed_study.trainables.errors import InputError
+from routed_study.trainables.results import OPTUNA_TRIAL_KEY, REPEAT_INDEX_KEY, best, stopped_early
+from routed_study.trainables.routed_prompt.config import knob_values
 
-from study.location import Location
-from study.progress import StudyProgress
-from study.spec import StudySpec
-from study.tracking import (StudyMLflowCallback, ensure_experiment, ensure_parent_run, finish_parent_run,
+from routed_study.study.location import Location
+from routed_study.study.progress import StudyProgress
+from routed_study.study.spec import StudySpec
+from routed_study.study.tracking import (StudyMLflowCallback, ensure_experiment, ensure_parent_run, finish_parent_run,
                             runs_page)
 
 if TYPE_CHECKING:
@@ -160,7 +160,7 @@ def wrap_trainable(spec: "StudySpec", trainable: Callable | None):
     from ray import tune
 
     if trainable is None:
-        from trainables.trainable import routed_prompt_trainable as trainable
+        from routed_study.trainables.trainable import routed_prompt_trainable as trainable
     resources = {"cpu": spec.cpus_per_trial, "gpu": spec.gpus_per_trial}
     return tune.with_resources(tune.with_parameters(trainable, setup=spec.setup), resources)
 
@@ -361,7 +361,7 @@ def _write_report(spec: "StudySpec", study_dir: Location) -> dict[str, Path]:
     A study on remote storage (s3://...) is analysed from its MLflow runs (the analysis reads
     local trial directories only), into ``spec.report_dir()`` on the driver.
     """
-    from analysis.report import build_report
+    from routed_study.analysis.report import build_report
 
     out_dir = spec.report_dir().path
     if study_dir.is_local:

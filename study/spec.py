@@ -33,14 +33,14 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field
 
-from search_spaces import SearchSpace, get_space
-from search_spaces.base import Override
-from study.location import Location, check_location, is_uri, s3_endpoint_note
-from trainables.errors import InputError, did_you_mean
-from trainables.plugins import load_plugins
-from trainables.routed_prompt.config import KNOBS
-from trainables.schema import Section, parse
-from trainables.setup import BACKBONE_FAMILIES, TrialSetup
+from routed_study.search_spaces import SearchSpace, get_space
+from routed_study.search_spaces.base import Override
+from routed_study.study.location import Location, check_location, is_uri, s3_endpoint_note
+from routed_study.trainables.errors import InputError, did_you_mean
+from routed_study.trainables.plugins import load_plugins
+from routed_study.trainables.routed_prompt.config import KNOBS
+from routed_study.trainables.schema import Section, parse
+from routed_study.trainables.setup import BACKBONE_FAMILIES, TrialSetup
 
 SEARCH_ALGORITHMS = ("tpe", "random", "grid")
 SCHEDULERS = ("asha", "none")
@@ -289,7 +289,7 @@ class StudySpec:
 
     # ---------------------------------------------------------- semantic checks
     def _check_metric(self) -> None:
-        from trainables.tasks import get_task
+        from routed_study.trainables.tasks import get_task
 
         allowed = ["score", "train_loss"]
         for task in self.setup.tasks:

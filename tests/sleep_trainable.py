@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from trainables.results import OPTUNA_TRIAL_KEY, REPEAT_INDEX_KEY, ROUTER_CSV
+from routed_study.trainables.results import OPTUNA_TRIAL_KEY, REPEAT_INDEX_KEY, ROUTER_CSV
 
 
 def make_sleep_trainable(epoch_seconds: float = 1.0, fail_marker: str | None = None,

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from analysis.encoding import KnobEncoder
-from analysis.findings import DEFAULT_FILE, evaluate_findings, load_findings
-from analysis.importance import TreeImportance
+from routed_study.analysis.encoding import KnobEncoder
+from routed_study.analysis.findings import DEFAULT_FILE, evaluate_findings, load_findings
+from routed_study.analysis.importance import TreeImportance
 from tests.synthetic import planted_table
-from trainables.errors import InputError
+from routed_study.trainables.errors import InputError
 
 PLANTED = """
 findings:

@@ -8,10 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis.encoding import NA, KnobEncoder
-from analysis.importance import METHODS, BootstrapRanks, TreeImportance, PermutationImportance
+from routed_study.analysis.encoding import NA, KnobEncoder
+from routed_study.analysis.importance import METHODS, BootstrapRanks, TreeImportance, PermutationImportance
 from tests.synthetic import LR_THRESHOLD, planted_table
-from trainables.errors import InputError
+from routed_study.trainables.errors import InputError
 
 
 def design(frame: pd.DataFrame):

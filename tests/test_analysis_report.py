@@ -12,11 +12,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis.loading import load_trials
-from analysis.report import build_report
+from routed_study.analysis.loading import load_trials
+from routed_study.analysis.report import build_report
 from tests.synthetic import planted_table
-from trainables.errors import InputError
-from trainables.routed_prompt.config import KNOBS
+from routed_study.trainables.errors import InputError
+from routed_study.trainables.routed_prompt.config import KNOBS
 
 CHROMIUM = Path("/usr/bin/chromium")
 FILES = {"trials", "importance", "findings", "tree", "html"}
@@ -164,7 +164,7 @@ def test_mode_min_reads_lower_as_better(tmp_path):
 
 
 def test_router_that_never_moved_is_explained_not_read(tmp_path):
-    from analysis.report import _router_section
+    from routed_study.analysis.report import _router_section
 
     tasks = ["rt_sentiment", "bbc_topic"]
     moved, frozen = tmp_path / "moved", tmp_path / "frozen"

@@ -7,9 +7,9 @@ import torch
 
 from tiny_backbones import one_thread  # noqa: F401  (autouse fixture)
 from tiny_backbones import TINY_BACKBONES
-from trainables.backbones import BACKBONES, detect_family, insert_prompt, load_backbone
-from trainables.errors import InputError
-from trainables.tasks import TaskSpec
+from routed_study.trainables.backbones import BACKBONES, detect_family, insert_prompt, load_backbone
+from routed_study.trainables.errors import InputError
+from routed_study.trainables.tasks import TaskSpec
 
 CLS = TaskSpec("tiny_cls", "classification", ("a negative review", "a positive review"),
                ("negative", "positive"), None, ("accuracy",), "accuracy", "offline")

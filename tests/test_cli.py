@@ -12,7 +12,7 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
-from study.cli import main
+from routed_study.study.cli import main
 
 GOOD = {
     "name": "cli",
@@ -132,9 +132,11 @@ def test_usage_errors_return_2_and_help_0(capsys):
 
 
 def test_run_prepares_missing_offline_data_then_runs(tmp_path, capsys, monkeypatch):
-    import study.runner
-    import trainables.tasks
-    from trainables.errors import InputError
+    import routed_study.study.runner
+    from routed_study import study
+    import routed_study.trainables.tasks
+    from routed_study import trainables
+    from routed_study.trainables.errors import InputError
 
     prepared, ran = [], []
 
@@ -156,9 +158,11 @@ def test_run_prepares_missing_offline_data_then_runs(tmp_path, capsys, monkeypat
 
 
 def test_run_reports_runner_input_errors_in_one_line(tmp_path, capsys, monkeypatch):
-    import study.runner
-    import trainables.tasks
-    from trainables.errors import InputError
+    import routed_study.study.runner
+    from routed_study import study
+    import routed_study.trainables.tasks
+    from routed_study import trainables
+    from routed_study.trainables.errors import InputError
 
     def refuse(spec):
         raise InputError(f"{spec.study_dir}: a study named 'cli' already ran there")
@@ -173,8 +177,10 @@ def test_run_reports_runner_input_errors_in_one_line(tmp_path, capsys, monkeypat
 
 
 def test_run_stops_before_training_when_non_offline_data_is_missing(tmp_path, capsys, monkeypatch):
-    import study.runner
-    import trainables.tasks
+    import routed_study.study.runner
+    from routed_study import study
+    import routed_study.trainables.tasks
+    from routed_study import trainables
 
     monkeypatch.setattr(trainables.tasks, "prepare_offline_suite", lambda *a, **k: pytest.fail("prepared"))
     monkeypatch.setattr(study.runner, "run_study", lambda spec: pytest.fail("trained"))
@@ -186,9 +192,12 @@ def test_run_stops_before_training_when_non_offline_data_is_missing(tmp_path, ca
 
 
 def test_resume_analyze_data_dispatch(tmp_path, capsys, monkeypatch):
-    import analysis.report
-    import study.runner
-    import trainables.tasks
+    import routed_study.analysis.report
+    from routed_study import analysis
+    import routed_study.study.runner
+    from routed_study import study
+    import routed_study.trainables.tasks
+    from routed_study import trainables
 
     calls = {}
 
@@ -220,8 +229,9 @@ def test_resume_analyze_data_dispatch(tmp_path, capsys, monkeypatch):
 
 
 def test_ui_takes_a_study_dir_or_a_uri(tmp_path, capsys, monkeypatch):
-    import study.tracking
-    from study.spec import StudySpec
+    import routed_study.study.tracking
+    from routed_study import study
+    from routed_study.study.spec import StudySpec
 
     served = []
     monkeypatch.setattr(study.tracking, "serve_ui", lambda uri, host, port, artifacts_dir=None, experiment=None:
@@ -243,7 +253,7 @@ def test_console_script_in_a_real_process(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump(spec_with("trials.num", -1)))
     script = Path(sys.executable).parent / "routed-study"
-    command = [str(script)] if script.exists() else [sys.executable, "-m", "study.cli"]
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "routed_study.study.cli"]
     done = subprocess.run([*command, "validate", str(bad)], capture_output=True, text=True, timeout=120,
                           cwd=tmp_path)
     assert done.returncode == 2

@@ -42,7 +42,7 @@ import pytest
 import yaml
 from ray.autoscaler._private.fake_multi_node.node_provider import FAKE_HEAD_NODE_ID
 
-from study.runner import CHECKPOINTS_KEPT
+from routed_study.study.runner import CHECKPOINTS_KEPT
 from tiny_backbones import save_tiny_bert, write_tiny_glue
 
 REPO = Path(__file__).resolve().parents[1]
@@ -301,7 +301,7 @@ def test_cluster_path_autoscaled_s3_mlflow_server_kill_and_resume(tmp_path, monk
         figures["part_way_at_kill"] = len(part_way)
         nodes_at_kill, launched_before_kill = set(watch.up), set(watch.seen)
 
-        from study.tracking import TAG_OPTUNA_TRIAL, TAG_PARENT, TAG_RAY_TRIAL_ID, TAG_ROLE, client_for
+        from routed_study.study.tracking import TAG_OPTUNA_TRIAL, TAG_PARENT, TAG_RAY_TRIAL_ID, TAG_ROLE, client_for
 
         client = client_for(tracking_uri)
         experiment = client.get_experiment_by_name("rehearsal")

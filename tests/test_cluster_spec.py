@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from study.cli import main
+from routed_study.study.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
 CLUSTER_SPEC = REPO / "study" / "specs" / "cluster_study.yaml"

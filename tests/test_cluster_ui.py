@@ -41,8 +41,8 @@ def healthy(port: int) -> bool:
 @pytest.fixture
 def tracked_study(tmp_path):
     """A study directory whose MLflow store holds the parent run and TRIALS nested trial runs."""
-    from study.spec import StudySpec
-    from study.tracking import TAG_PARENT, TAG_RAY_TRIAL_ID, client_for, ensure_experiment, ensure_parent_run
+    from routed_study.study.spec import StudySpec
+    from routed_study.study.tracking import TAG_PARENT, TAG_RAY_TRIAL_ID, client_for, ensure_experiment, ensure_parent_run
 
     raw = yaml.safe_load((REPO / "study" / "specs" / "smoke.yaml").read_text())
     raw["storage"] = {"dir": str(tmp_path / "studies")}
@@ -114,8 +114,8 @@ def test_ui_serves_the_runs_page_and_sigterm_stops_its_process_group(tracked_stu
 
 
 def test_ui_of_a_study_whose_tracking_server_is_down_is_one_line(tmp_path, capsys, monkeypatch):
-    from study.cli import main
-    from study.spec import StudySpec
+    from routed_study.study.cli import main
+    from routed_study.study.spec import StudySpec
 
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # fail at once instead of backing off
     raw = yaml.safe_load((REPO / "study" / "specs" / "smoke.yaml").read_text())

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from study.location import Location, is_uri
-from trainables import results
+from routed_study.study.location import Location, is_uri
+from routed_study.trainables import results
 
 
 def test_a_local_location_is_absolute_and_compares_with_paths(tmp_path, monkeypatch):
@@ -57,7 +57,7 @@ def test_result_names_are_rays_own():
 def test_artifact_names_are_the_files_a_trial_writes(tmp_path):
     import numpy as np
 
-    from trainables.artifacts import RoutingSnapshot
+    from routed_study.trainables.artifacts import RoutingSnapshot
 
     paths = RoutingSnapshot(("a",), ("s0", "s1"), np.zeros((1, 2)), None).write(tmp_path)
     assert sorted(p.name for p in paths.values()) == sorted(results.TRIAL_ARTIFACTS)

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from study.spec import StudySpec
-from study.tracking import TAG_PARENT, TAG_ROLE, client_for
+from routed_study.study.spec import StudySpec
+from routed_study.study.tracking import TAG_PARENT, TAG_ROLE, client_for
 
 REPO = Path(__file__).resolve().parents[1]
 TRIALS, EPOCHS = 4, 2
@@ -21,8 +21,8 @@ DRIVER = f"""
 import sys
 sys.path.insert(0, {str(REPO)!r})
 from tests.sleep_trainable import make_sleep_trainable
-from study.runner import run_study
-from study.spec import StudySpec
+from routed_study.study.runner import run_study
+from routed_study.study.spec import StudySpec
 outcome = run_study(StudySpec.load(sys.argv[1]), trainable=make_sleep_trainable(0.3))
 assert (outcome.completed, outcome.errored) == ({TRIALS}, 0), outcome.summary()
 """

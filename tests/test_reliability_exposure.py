@@ -44,7 +44,7 @@ def listening(root: psutil.Process) -> dict[int, set[str]]:
 
 @pytest.fixture
 def study_dir(tmp_path):
-    from study.spec import StudySpec
+    from routed_study.study.spec import StudySpec
 
     raw = yaml.safe_load((REPO / "study" / "specs" / "smoke.yaml").read_text())
     raw["storage"] = {"dir": str(tmp_path / "studies")}
@@ -82,7 +82,8 @@ def test_mlflow_ui_listens_on_loopback_only(study_dir, tmp_path):
 
 @pytest.mark.parametrize("host, warned", [(None, False), ("127.0.0.1", False), ("0.0.0.0", True)])
 def test_ui_binds_where_asked_and_warns_when_public(host, warned, monkeypatch, capsys):
-    import study.tracking
+    import routed_study.study.tracking
+    from routed_study import study
 
     commands = []
 
@@ -105,7 +106,7 @@ def test_ui_binds_where_asked_and_warns_when_public(host, warned, monkeypatch, c
 def test_local_ray_of_the_runner_has_no_dashboard():
     import ray
 
-    from study.runner import _ensure_ray
+    from routed_study.study.runner import _ensure_ray
 
     if ray.is_initialized():
         pytest.skip("another test module left Ray running")

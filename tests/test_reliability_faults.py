@@ -22,9 +22,9 @@ import pytest
 import ray
 import ray.cloudpickle
 
-from study.runner import run_study
-from study.spec import StudySpec
-from study.tracking import OPTUNA_TRIAL_KEY, TAG_ERROR, TAG_OPTUNA_TRIAL, TAG_PARENT, client_for
+from routed_study.study.runner import run_study
+from routed_study.study.spec import StudySpec
+from routed_study.study.tracking import OPTUNA_TRIAL_KEY, TAG_ERROR, TAG_OPTUNA_TRIAL, TAG_PARENT, client_for
 from tiny_backbones import save_tiny_bert, write_tiny_glue
 
 # Ray workers cannot import this test module: ship its functions by value.
@@ -38,7 +38,7 @@ STEPS_PER_EPOCH = 2
 # Each runs inside the worker before the real trainable and returns an undo function.
 def _poison_loss(factor: float, after_calls: int) -> Callable[[], None]:
     """Multiply the backbone's training loss by ``factor`` from call ``after_calls`` on."""
-    import trainables.training as training
+    import routed_study.trainables.training as training
 
     real = training.load_backbone
 
@@ -60,7 +60,7 @@ def _poison_loss(factor: float, after_calls: int) -> Callable[[], None]:
 
 def _raise_in_second_epoch(error: BaseException) -> Callable[[], None]:
     """The second epoch's training raises ``error`` (the first epoch has checkpointed)."""
-    import trainables.training as training
+    import routed_study.trainables.training as training
 
     real = training.Trainer.train_epoch
 
@@ -93,7 +93,7 @@ HEALTHY_TRIALS = 1
 
 def faulty_trainable(config: dict, setup) -> None:
     """The real trainable, with the fault of this trial's Optuna number injected."""
-    from trainables.trainable import routed_prompt_trainable
+    from routed_study.trainables.trainable import routed_prompt_trainable
 
     fault = FAULT_OF_TRIAL.get(config[OPTUNA_TRIAL_KEY])
     undo = FAULTS[fault][0]() if fault else (lambda: None)
@@ -106,7 +106,7 @@ def faulty_trainable(config: dict, setup) -> None:
 def fails_once_trainable(marker: str) -> Callable[[dict, object], None]:
     """The real trainable whose first attempt raises in epoch 2 (``marker`` records the attempt)."""
     def trainable(config: dict, setup) -> None:
-        from trainables.trainable import routed_prompt_trainable
+        from routed_study.trainables.trainable import routed_prompt_trainable
 
         undo = lambda: None  # noqa: E731
         if not Path(marker).exists():

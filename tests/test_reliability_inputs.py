@@ -23,7 +23,7 @@ from typing import Any, Callable
 import pytest
 import yaml
 
-from study.cli import main
+from routed_study.study.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = yaml.safe_load((REPO / "study" / "specs" / "smoke.yaml").read_text())
@@ -117,7 +117,7 @@ def resumed(make: Callable[[Path], Path]) -> Callable[[Path], list[str]]:
 
 def resolved_smoke_yaml(tmp: Path) -> str:
     """A valid resolved study.yaml, as `run` writes it (but no Ray experiment beside it)."""
-    from study.spec import StudySpec
+    from routed_study.study.spec import StudySpec
 
     spec = StudySpec.load(spec_file(tmp, smoke(), "source.yaml"))
     (tmp / "source.yaml").unlink()
@@ -230,7 +230,8 @@ def tree(root: Path) -> set[str]:
 @pytest.fixture
 def workdir(tmp_path, monkeypatch, offline_data):
     """A working directory with a tiny prepared suite; `run` must never reach the runner."""
-    import study.runner
+    import routed_study.study.runner
+    from routed_study import study
 
     monkeypatch.chdir(tmp_path)
     write_tiny_suite(tmp_path / "tiny_data", offline_data)

@@ -19,9 +19,9 @@ import ray.cloudpickle
 from ray.cluster_utils import Cluster
 
 from tests.sleep_trainable import make_sleep_trainable
-from study.runner import run_study
-from study.spec import StudySpec
-from study.tracking import TAG_PARENT, client_for
+from routed_study.study.runner import run_study
+from routed_study.study.spec import StudySpec
+from routed_study.study.tracking import TAG_PARENT, client_for
 
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
 EPOCHS = 3

@@ -69,9 +69,9 @@ def test_restored_searcher_adopts_orphaned_optuna_trials(tmp_path):
     not a replay of the orphan's parameters)."""
     import optuna
 
-    from study.runner import make_search_alg
-    from study.spec import StudySpec
-    from study.tracking import OPTUNA_TRIAL_KEY
+    from routed_study.study.runner import make_search_alg
+    from routed_study.study.spec import StudySpec
+    from routed_study.study.tracking import OPTUNA_TRIAL_KEY
 
     raw = yaml.safe_load((REPO / "study" / "specs" / "smoke.yaml").read_text())
     raw["storage"] = {"dir": str(tmp_path)}
@@ -105,8 +105,8 @@ def test_restored_searcher_adopts_orphaned_optuna_trials(tmp_path):
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_killed_driver_resumes_without_loss_or_duplicates(tmp_path, offline_data):
-    from study.spec import StudySpec
-    from study.tracking import TAG_OPTUNA_TRIAL, TAG_PARENT, TAG_RAY_TRIAL_ID, TAG_ROLE, client_for
+    from routed_study.study.spec import StudySpec
+    from routed_study.study.tracking import TAG_OPTUNA_TRIAL, TAG_PARENT, TAG_RAY_TRIAL_ID, TAG_ROLE, client_for
 
     raw = yaml.safe_load((REPO / "study" / "specs" / "smoke.yaml").read_text())
     raw["data"]["dir"] = str(offline_data)

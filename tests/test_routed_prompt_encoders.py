@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from trainables.routed_prompt import KNOBS, RoutedPrompt, RoutedPromptConfig, build_encoder, encoder_names
+from routed_study.trainables.routed_prompt import KNOBS, RoutedPrompt, RoutedPromptConfig, build_encoder, encoder_names
 
 D = 16
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from trainables.routed_prompt import KNOBS, RoutedPrompt, RoutedPromptConfig, pool_tokens
+from routed_study.trainables.routed_prompt import KNOBS, RoutedPrompt, RoutedPromptConfig, pool_tokens
 
 D, T, L, B, S = 16, 3, 3, 4, 6
 LOGITS = [2.0, 0.0, -1.0, 1.0]   # a hand-set router row for task 1 (4 sources)
@@ -377,8 +377,8 @@ def test_default_rb_router_learns_to_prefer_a_useful_source(combo):
 
 
 def test_routing_registries_match_the_knob_vocabulary():
-    from trainables.routed_prompt import methods
-    from trainables.routed_prompt.module import AFTER_SELECTION
+    from routed_study.trainables.routed_prompt import methods
+    from routed_study.trainables.routed_prompt.module import AFTER_SELECTION
 
     assert set(methods.train_route_methods()) == set(KNOBS["route_method"].choices)
     assert set(methods.eval_route_methods()) == set(KNOBS["eval_route_method"].choices)

@@ -8,8 +8,8 @@ import sys
 import pytest
 import torch
 
-from trainables.errors import InputError
-from trainables.routed_prompt import KNOBS, RoutedPrompt, RoutedPromptConfig, methods
+from routed_study.trainables.errors import InputError
+from routed_study.trainables.routed_prompt import KNOBS, RoutedPrompt, RoutedPromptConfig, methods
 
 
 def test_validation_reads_the_registries_without_torch():
@@ -48,7 +48,7 @@ def test_a_registered_compose_method_and_order_are_knob_values():
 
 
 def test_a_registered_prompt_encoder_is_a_knob_value():
-    from trainables.routed_prompt.encoders import PromptEncoder, build_encoder, register_encoder
+    from routed_study.trainables.routed_prompt.encoders import PromptEncoder, build_encoder, register_encoder
 
     @register_encoder("scale_test")
     class Doubling(PromptEncoder):

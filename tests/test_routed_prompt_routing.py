@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from trainables.errors import InputError
-from trainables.routed_prompt import KNOBS, RoutedPrompt, RoutedPromptConfig
-from trainables.routed_prompt import methods
-from trainables.routed_prompt.config import inert_knobs
-from trainables.routed_prompt.module import select_top_k
+from routed_study.trainables.errors import InputError
+from routed_study.trainables.routed_prompt import KNOBS, RoutedPrompt, RoutedPromptConfig
+from routed_study.trainables.routed_prompt import methods
+from routed_study.trainables.routed_prompt.config import inert_knobs
+from routed_study.trainables.routed_prompt.module import select_top_k
 
 D, T, L, B, S = 16, 3, 3, 4, 6
 LOGITS = [2.0, 0.0, -1.0, 1.0]

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from trainables.routed_prompt import RoutedPrompt, RoutedPromptConfig, default_anneal_rate, temperature_at
+from routed_study.trainables.routed_prompt import RoutedPrompt, RoutedPromptConfig, default_anneal_rate, temperature_at
 
 
 @pytest.mark.parametrize("step", [0, 1, 17, 10_000, 10**9])

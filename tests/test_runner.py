@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 
 from tests.sleep_trainable import make_sleep_trainable
-from study.runner import resume_study, run_study
-from study.spec import StudySpec
-from study.tracking import (TAG_ERROR, TAG_OPTUNA_TRIAL, TAG_PARENT, TAG_RAY_TRIAL_ID,
+from routed_study.study.runner import resume_study, run_study
+from routed_study.study.spec import StudySpec
+from routed_study.study.tracking import (TAG_ERROR, TAG_OPTUNA_TRIAL, TAG_PARENT, TAG_RAY_TRIAL_ID,
                             TAG_REPEAT_INDEX, TAG_ROLE, client_for)
-from trainables.errors import InputError
+from routed_study.trainables.errors import InputError
 
 EPOCH_SECONDS = 1.0
 

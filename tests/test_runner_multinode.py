@@ -10,8 +10,8 @@ import ray
 from ray.cluster_utils import Cluster
 
 from tests.sleep_trainable import make_sleep_trainable
-from study.runner import run_study
-from study.spec import StudySpec
+from routed_study.study.runner import run_study
+from routed_study.study.spec import StudySpec
 
 
 @pytest.fixture

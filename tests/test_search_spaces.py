@@ -7,9 +7,9 @@ import itertools
 import optuna
 import pytest
 
-from search_spaces import SearchSpace, get_space, param_from_spec, space_names
-from trainables.errors import InputError
-from trainables.routed_prompt.config import KNOBS, RoutedPromptConfig, complete, inert_knobs
+from routed_study.search_spaces import SearchSpace, get_space, param_from_spec, space_names
+from routed_study.trainables.errors import InputError
+from routed_study.trainables.routed_prompt.config import KNOBS, RoutedPromptConfig, complete, inert_knobs
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

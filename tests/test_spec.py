@@ -9,9 +9,9 @@ import optuna
 import pytest
 import yaml
 
-from study.spec import StudySpec
-from trainables.errors import InputError
-from trainables.routed_prompt.config import RoutedPromptConfig
+from routed_study.study.spec import StudySpec
+from routed_study.trainables.errors import InputError
+from routed_study.trainables.routed_prompt.config import RoutedPromptConfig
 
 SPECS = Path(__file__).resolve().parents[1] / "study" / "specs"
 
@@ -163,7 +163,7 @@ def test_shipped_specs_meet_their_brief():
 # ------------------------------------------------------------------ schema, plugins
 def test_json_schema_checks_a_spec_as_an_editor_would(tmp_path):
     jsonschema = pytest.importorskip("jsonschema")
-    from study.spec import json_schema
+    from routed_study.study.spec import json_schema
 
     schema = json_schema()
     jsonschema.Draft202012Validator.check_schema(schema)
@@ -180,7 +180,7 @@ def test_json_schema_checks_a_spec_as_an_editor_would(tmp_path):
 
 
 def test_dump_writes_every_key_of_the_schema(tmp_path):
-    from study.spec import StudyFile
+    from routed_study.study.spec import StudyFile
 
     dumped = yaml.safe_load(StudySpec.load(write(tmp_path, BASE)).dump(tmp_path / "d.yaml").read_text())
     assert list(dumped) == list(StudyFile.model_fields)
@@ -188,8 +188,8 @@ def test_dump_writes_every_key_of_the_schema(tmp_path):
 
 
 PLUGIN = '''
-from search_spaces import SearchSpace, register
-from search_spaces.base import choice
+from routed_study.search_spaces import SearchSpace, register
+from routed_study.search_spaces.base import choice
 
 
 @register
@@ -246,7 +246,7 @@ def test_schema_errors_name_the_key(tmp_path, change, message):
 
 
 def test_trial_setup_round_trips_through_plain_values():
-    from trainables.setup import TrialSetup
+    from routed_study.trainables.setup import TrialSetup
 
     setup = TrialSetup(tasks=("rt_sentiment",), plugins=("a_plugin",), max_length=16)
     assert TrialSetup.from_dict(setup.to_dict()) == setup and setup.to_dict()["tasks"] == ["rt_sentiment"]

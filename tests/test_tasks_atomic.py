@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from trainables.errors import InputError
-from trainables.tasks import get_task, load_split, score_predictions, task_names
-from trainables.tasks.atomic import RELATIONS
+from routed_study.trainables.errors import InputError
+from routed_study.trainables.tasks import get_task, load_split, score_predictions, task_names
+from routed_study.trainables.tasks.atomic import RELATIONS
 
 ROWS = [
     ("PersonX pays PersonY a compliment", "xAttr", "kind"),

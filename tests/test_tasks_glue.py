@@ -6,10 +6,10 @@ import json
 
 import pytest
 
-from trainables.errors import InputError
-from trainables.tasks import get_task, load_split, task_names
-from trainables.tasks.glue import GlueSource
-from trainables.tasks.spec import get_source
+from routed_study.trainables.errors import InputError
+from routed_study.trainables.tasks import get_task, load_split, task_names
+from routed_study.trainables.tasks.glue import GlueSource
+from routed_study.trainables.tasks.spec import get_source
 
 GLUE = [n for n in task_names() if get_task(n).family == "glue"]
 

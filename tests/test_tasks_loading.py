@@ -6,8 +6,8 @@ import re
 
 import pytest
 
-from trainables.errors import InputError
-from trainables.tasks import load_split
+from routed_study.trainables.errors import InputError
+from routed_study.trainables.tasks import load_split
 
 
 def write(data_dir, task, split, content):

@@ -6,8 +6,8 @@ import math
 
 import pytest
 
-from trainables.tasks import METRICS, get_task, score_predictions
-from trainables.tasks.metrics import rouge_l_pair
+from routed_study.trainables.tasks import METRICS, get_task, score_predictions
+from routed_study.trainables.tasks.metrics import rouge_l_pair
 
 # A task whose inputs suit each metric kind.
 TASK_FOR_KIND = {"label": "mnli", "value": "stsb", "text": "atomic_xAttr"}

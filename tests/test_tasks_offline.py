@@ -11,9 +11,9 @@ import zipfile
 
 import pytest
 
-from trainables.errors import InputError
-from trainables.tasks import get_task, load_split, prepare_offline_suite
-from trainables.tasks.offline import OFFLINE_DATASETS, PACKAGES
+from routed_study.trainables.errors import InputError
+from routed_study.trainables.tasks import get_task, load_split, prepare_offline_suite
+from routed_study.trainables.tasks.offline import OFFLINE_DATASETS, PACKAGES
 
 OFFLINE = list(OFFLINE_DATASETS)
 VADER_MEMBERS = ("movieReviewSnippets", "tweets", "amazonReviewSnippets", "nytEditorialSnippets")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from trainables.errors import InputError
-from trainables.tasks import METRICS, format_target, get_task, parse_generation, task_names
+from routed_study.trainables.errors import InputError
+from routed_study.trainables.tasks import METRICS, format_target, get_task, parse_generation, task_names
 
 CONTRACT_TASKS = ["rt_sentiment", "rt_subjectivity", "vader_movies", "vader_tweets", "vader_amazon", "vader_nyt",
                   "bbc_topic", "cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte",

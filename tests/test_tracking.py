@@ -1,4 +1,4 @@
-"""study.tracking: metric filtering, experiment / parent-run reuse, the MLflow UI server."""
+"""routed_study.study.tracking: metric filtering, experiment / parent-run reuse, the MLflow UI server."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import urllib.request
 
 import pytest
 
-from study.tracking import (TAG_ROLE, TAG_STUDY, artifact_location_for, client_for, ensure_experiment,
+from routed_study.study.tracking import (TAG_ROLE, TAG_STUDY, artifact_location_for, client_for, ensure_experiment,
                             ensure_parent_run, numeric_metrics)
-from trainables.routed_prompt.config import knob_values
+from routed_study.trainables.routed_prompt.config import knob_values
 
 
 def test_numeric_metrics_keep_measurements_only():

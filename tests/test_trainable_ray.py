@@ -11,10 +11,10 @@ import torch
 
 from tiny_backbones import one_thread  # noqa: F401  (autouse fixture)
 from tiny_backbones import save_tiny_bert, write_tiny_glue
-from trainables.artifacts import RoutingSnapshot
-from trainables.errors import InputError
-from trainables.setup import TrialSetup
-from trainables.trainable import STATE_FILE, load_checkpoint_state, routed_prompt_trainable, trial_config
+from routed_study.trainables.artifacts import RoutingSnapshot
+from routed_study.trainables.errors import InputError
+from routed_study.trainables.setup import TrialSetup
+from routed_study.trainables.trainable import STATE_FILE, load_checkpoint_state, routed_prompt_trainable, trial_config
 
 
 def test_trial_config_skips_bookkeeping_and_shifts_seed_by_repeat():

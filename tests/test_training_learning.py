@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from tiny_backbones import one_thread  # noqa: F401  (autouse fixture: one thread is fastest on a shared machine)
-from trainables.routed_prompt import RoutedPromptConfig
-from trainables.setup import TrialSetup
-from trainables.tasks import score_predictions
-from trainables.training import Trainer
+from routed_study.trainables.routed_prompt import RoutedPromptConfig
+from routed_study.trainables.setup import TrialSetup
+from routed_study.trainables.tasks import score_predictions
+from routed_study.trainables.training import Trainer
 
 pytestmark = pytest.mark.slow
 

@@ -10,10 +10,10 @@ import torch
 
 from tiny_backbones import one_thread  # noqa: F401  (autouse fixture)
 from tiny_backbones import save_tiny_bert, save_tiny_t5, write_tiny_glue
-from trainables.backbones import EncoderBackbone
-from trainables.routed_prompt import RoutedPromptConfig
-from trainables.setup import TrialSetup
-from trainables.training import TIMING_METRICS, Trainer, epoch_batches, train
+from routed_study.trainables.backbones import EncoderBackbone
+from routed_study.trainables.routed_prompt import RoutedPromptConfig
+from routed_study.trainables.setup import TrialSetup
+from routed_study.trainables.training import TIMING_METRICS, Trainer, epoch_batches, train
 
 TASKS = ("sst2", "stsb")
 

@@ -12,10 +12,10 @@ import pytest
 import torch
 
 from tiny_backbones import one_thread  # noqa: F401  (autouse fixture)
-from trainables.backbones import mean_pool
-from trainables.routed_prompt import RoutedPromptConfig
-from trainables.setup import TrialSetup
-from trainables.training import Trainer
+from routed_study.trainables.backbones import mean_pool
+from routed_study.trainables.routed_prompt import RoutedPromptConfig
+from routed_study.trainables.setup import TrialSetup
+from routed_study.trainables.training import Trainer
 
 pytestmark = pytest.mark.slow
 

@@ -14,11 +14,11 @@ import torch
 
 from tiny_backbones import one_thread  # noqa: F401  (autouse fixture)
 from tiny_backbones import save_tiny_bert, save_tiny_t5, write_tiny_glue
-from trainables.errors import InputError
-from trainables.limits import position_limit
-from trainables.routed_prompt import RoutedPromptConfig
-from trainables.setup import TrialSetup
-from trainables.training import Trainer
+from routed_study.trainables.errors import InputError
+from routed_study.trainables.limits import position_limit
+from routed_study.trainables.routed_prompt import RoutedPromptConfig
+from routed_study.trainables.setup import TrialSetup
+from routed_study.trainables.training import Trainer
 
 TASKS = ("sst2", "stsb")
 
@@ -67,7 +67,7 @@ def test_length_limit_is_checked_before_any_trial(bert_dir, t5_dir, data_dir):
 
 
 def test_validate_checks_the_longest_prompt_of_a_space():
-    from search_spaces import get_space
+    from routed_study.search_spaces import get_space
 
     setup = TrialSetup(tasks=("rt_sentiment", "bbc_topic"), max_length=400)
     space = get_space("findings").customise({"num_prompt_tokens": {"low": 4, "high": 40}})
@@ -103,7 +103,7 @@ def _cached(args):
     cache, backbone, data_dir = args
     os.environ["ROUTED_STUDY_SOURCE_CACHE"] = cache
     torch.set_num_threads(1)
-    from trainables.source_prompts import cached_source_prompt
+    from routed_study.trainables.source_prompts import cached_source_prompt
 
     setup = TrialSetup(tasks=TASKS, backbone=backbone, data_dir=data_dir, train_per_task=16, eval_per_task=8,
                        max_length=32)
@@ -130,7 +130,7 @@ def test_concurrent_trials_train_a_source_once_and_share_it(bert_dir, data_dir, 
 
 
 def test_a_write_that_dies_leaves_no_file_under_the_final_name(bert_dir, data_dir, tmp_path, monkeypatch):
-    from trainables import source_prompts
+    from routed_study.trainables import source_prompts
 
     monkeypatch.setenv("ROUTED_STUDY_SOURCE_CACHE", str(tmp_path))
     setup = make_setup(bert_dir, data_dir)
@@ -171,7 +171,7 @@ def test_trials_with_pretrained_sources_reuse_the_cache_and_stay_reproducible(be
 # ---------------------------------------------------------------- plugins
 PLUGIN = textwrap.dedent('''
     """A route method from outside the package: sigmoid at half the temperature."""
-    from trainables.routed_prompt.methods import register_route_method
+    from routed_study.trainables.routed_prompt.methods import register_route_method
 
 
     @register_route_method("halfsig", same="halfsig")
@@ -188,14 +188,14 @@ def plugin_on_path(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(folder))
     monkeypatch.setenv("PYTHONPATH", f"{folder}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
     yield "halfsig_plugin"
-    from trainables.routed_prompt import methods
+    from routed_study.trainables.routed_prompt import methods
 
     methods.ROUTE_METHODS._entries.pop("halfsig", None)   # registries are process-wide
     sys.modules.pop("halfsig_plugin", None)
 
 
 def test_load_plugins_says_which_module_fails():
-    from trainables.plugins import load_plugins
+    from routed_study.trainables.plugins import load_plugins
 
     with pytest.raises(InputError, match=r"^key 'plugins': plugin module 'no_such_plugin' does not import "
                                          r"\(ModuleNotFoundError: No module named 'no_such_plugin'\)"):
@@ -207,9 +207,9 @@ def test_a_plugin_route_method_is_accepted_searched_and_trained(plugin_on_path, 
     import ray
     from ray import tune
 
-    from search_spaces import get_space
-    from trainables.plugins import load_plugins
-    from trainables.trainable import routed_prompt_trainable
+    from routed_study.search_spaces import get_space
+    from routed_study.trainables.plugins import load_plugins
+    from routed_study.trainables.trainable import routed_prompt_trainable
 
     with pytest.raises(InputError, match="knob 'route_method' got 'halfsig'"):
         RoutedPromptConfig.from_dict({"route_method": "halfsig"})

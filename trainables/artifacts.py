@@ -14,7 +14,7 @@ from typing import Sequence
 
 import numpy as np
 
-from trainables.results import GATES_CSV, ROUTER_CSV, ROUTER_PNG
+from routed_study.trainables.results import GATES_CSV, ROUTER_CSV, ROUTER_PNG
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from trainables.errors import InputError
+from routed_study.trainables.errors import InputError
 
 
 def position_limit(setup: Any) -> int | None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import importlib
 from typing import Iterable
 
-from trainables.errors import InputError
+from routed_study.trainables.errors import InputError
 
 
 def load_plugins(names: Iterable[str], where: str = "key 'plugins'") -> list[str]:

@@ -36,7 +36,7 @@ TRIAL_ARTIFACTS = (ROUTER_CSV, ROUTER_PNG, GATES_CSV)
 
 def planned_epochs(config: Mapping[str, Any]) -> int:
     """The epochs a trial's config asks for: its ``epochs`` knob, else the knob's default."""
-    from trainables.routed_prompt.config import KNOBS  # torch-free; imported late to keep this module a leaf
+    from routed_study.trainables.routed_prompt.config import KNOBS  # torch-free; imported late to keep this module a leaf
 
     return config.get("epochs", KNOBS["epochs"].default)
 

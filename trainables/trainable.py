@@ -17,10 +17,10 @@ from typing import Any, Mapping
 
 import torch
 
-from trainables.artifacts import RoutingSnapshot
-from trainables.results import REPEAT_INDEX_KEY
-from trainables.routed_prompt.config import RoutedPromptConfig, knob_values
-from trainables.setup import TrialSetup
+from routed_study.trainables.artifacts import RoutingSnapshot
+from routed_study.trainables.results import REPEAT_INDEX_KEY
+from routed_study.trainables.routed_prompt.config import RoutedPromptConfig, knob_values
+from routed_study.trainables.setup import TrialSetup
 
 STATE_FILE = "state.pt"
 
@@ -69,8 +69,8 @@ def routed_prompt_trainable(config: dict, setup: TrialSetup | dict) -> None:
     """Train one trial under Ray Tune, reporting and checkpointing every epoch."""
     from ray import tune
 
-    from trainables.plugins import load_plugins
-    from trainables.training import train
+    from routed_study.trainables.plugins import load_plugins
+    from routed_study.trainables.training import train
 
     _quiet_worker_logs()
     if not isinstance(setup, TrialSetup):

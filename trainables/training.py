@@ -20,10 +20,10 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from trainables.artifacts import RoutingSnapshot
-from trainables.backbones import Backbone, EncodedSplit, load_backbone
-from trainables.routed_prompt import RoutedPrompt, RoutedPromptConfig
-from trainables.setup import TrialSetup
+from routed_study.trainables.artifacts import RoutingSnapshot
+from routed_study.trainables.backbones import Backbone, EncodedSplit, load_backbone
+from routed_study.trainables.routed_prompt import RoutedPrompt, RoutedPromptConfig
+from routed_study.trainables.setup import TrialSetup
 
 #: report(metrics, state, routing): called once per epoch.
 Reporter = Callable[[dict[str, float], dict[str, Any], RoutingSnapshot], None]
@@ -49,7 +49,7 @@ class TaskData:
 
     @classmethod
     def load(cls, backbone: Backbone, setup: TrialSetup) -> "TaskData":
-        from trainables.tasks import load_split
+        from routed_study.trainables.tasks import load_split
 
         def encode(split: str, limit: int) -> list[EncodedSplit]:
             return [backbone.encode(i, load_split(task, split, setup.data_dir, limit=limit, seed=setup.split_seed))
@@ -113,8 +113,8 @@ class Trainer:
     def __init__(self, config: RoutedPromptConfig, setup: TrialSetup, device: str | torch.device = "cpu") -> None:
         from transformers import get_linear_schedule_with_warmup
 
-        from trainables.limits import check_prompt_fits
-        from trainables.tasks import get_task
+        from routed_study.trainables.limits import check_prompt_fits
+        from routed_study.trainables.tasks import get_task
 
         self.config, self.setup = config, setup
         self.device = torch.device(device)
@@ -123,7 +123,7 @@ class Trainer:
         # Before seeding this trial: a cache miss trains here, and must not shift the trial's RNG.
         self.source_prompts, self.source_cache = None, []
         if config.sources == "tasks" and config.source_init == "pretrained":
-            from trainables.source_prompts import pretrained_sources
+            from routed_study.trainables.source_prompts import pretrained_sources
 
             self.source_prompts, self.source_cache = pretrained_sources(setup, config.num_prompt_tokens,
                                                                         config.seed, device)
@@ -206,7 +206,7 @@ class Trainer:
     @torch.no_grad()
     def evaluate(self, splits: list[EncodedSplit], prefix: str) -> dict[str, float]:
         """``<prefix>/<task>`` (main metric, 0-100), ``<prefix>/<task>/<metric>`` and the mean main."""
-        from trainables.tasks import score_predictions
+        from routed_study.trainables.tasks import score_predictions
 
         self.model.eval()
         self.backbone.eval_mode()

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from trainables.backbones.base import Backbone, EncodedSplit, insert_prompt
-from trainables.backbones.encoder import EncoderBackbone, mean_pool
-from trainables.backbones.seq2seq import Seq2SeqBackbone
-from trainables.errors import InputError, format_choices
+from routed_study.trainables.backbones.base import Backbone, EncodedSplit, insert_prompt
+from routed_study.trainables.backbones.encoder import EncoderBackbone, mean_pool
+from routed_study.trainables.backbones.seq2seq import Seq2SeqBackbone
+from routed_study.trainables.errors import InputError, format_choices
 
 #: Backbone implementations by family name.
 BACKBONES: dict[str, type[Backbone]] = {cls.family: cls for cls in (EncoderBackbone, Seq2SeqBackbone)}

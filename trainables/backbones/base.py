@@ -15,7 +15,7 @@ from typing import Any, ClassVar, Sequence
 
 import torch
 
-from trainables.routed_prompt.config import KNOBS
+from routed_study.trainables.routed_prompt.config import KNOBS
 
 @dataclass
 class EncodedSplit:

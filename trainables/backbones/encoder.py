@@ -16,9 +16,9 @@ from typing import Any, Sequence
 import torch
 import torch.nn.functional as F
 
-from trainables.backbones.base import Backbone, EncodedSplit, insert_prompt
-from trainables.errors import InputError
-from trainables.routed_prompt.config import KNOBS
+from routed_study.trainables.backbones.base import Backbone, EncodedSplit, insert_prompt
+from routed_study.trainables.errors import InputError
+from routed_study.trainables.routed_prompt.config import KNOBS
 
 def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     weights = mask.unsqueeze(-1).to(hidden.dtype)

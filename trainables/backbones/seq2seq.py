@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 
-from trainables.backbones.base import Backbone, EncodedSplit, insert_prompt
+from routed_study.trainables.backbones.base import Backbone, EncodedSplit, insert_prompt
 
 
 class Seq2SeqBackbone(Backbone):
@@ -23,7 +23,7 @@ class Seq2SeqBackbone(Backbone):
 
     def _generation_budget(self, task: Any) -> int:
         """Longest possible answer in tokens: a class word, a number of the range; free text gets the input's."""
-        from trainables.tasks import format_target
+        from routed_study.trainables.tasks import format_target
 
         if task.kind == "classification":
             answers = list(task.target_texts)
@@ -34,7 +34,7 @@ class Seq2SeqBackbone(Backbone):
         return max(len(ids) for ids in self.tokenize(answers))
 
     def encode(self, task_index: int, dataset: Any) -> EncodedSplit:
-        from trainables.tasks import parse_generation
+        from routed_study.trainables.tasks import parse_generation
 
         task = self.tasks[task_index]
         targets = list(dataset["target"])
@@ -55,7 +55,7 @@ class Seq2SeqBackbone(Backbone):
         return self.model(inputs_embeds=inputs, attention_mask=mask, labels=batch["labels"]).loss
 
     def predict(self, task_index, embeds, prompt, batch, position):
-        from trainables.tasks import parse_generation
+        from routed_study.trainables.tasks import parse_generation
 
         inputs, mask = insert_prompt(prompt, embeds, batch["attention_mask"], position)
         generated = self.model.generate(inputs_embeds=inputs, attention_mask=mask, do_sample=False,

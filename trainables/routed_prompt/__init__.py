@@ -8,7 +8,7 @@ modules load on first use.
 
 import importlib
 
-from trainables.routed_prompt.config import KNOBS, Knob, RoutedPromptConfig
+from routed_study.trainables.routed_prompt.config import KNOBS, Knob, RoutedPromptConfig
 
 _LAZY = {
     "PromptEncoder": "encoders", "build_encoder": "encoders", "encoder_names": "encoders",

@@ -19,9 +19,9 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
-from trainables.errors import InputError, did_you_mean, format_choices
-from trainables.routed_prompt import methods
-from trainables.routed_prompt.conditions import Condition, derived, is_none_of, is_one_of
+from routed_study.trainables.errors import InputError, did_you_mean, format_choices
+from routed_study.trainables.routed_prompt import methods
+from routed_study.trainables.routed_prompt.conditions import Condition, derived, is_none_of, is_one_of
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from trainables.routed_prompt.methods import PROMPT_ENCODERS
+from routed_study.trainables.routed_prompt.methods import PROMPT_ENCODERS
 
 
 def register_encoder(name: str) -> Callable[[type["PromptEncoder"]], type["PromptEncoder"]]:

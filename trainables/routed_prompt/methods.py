@@ -31,7 +31,7 @@ import importlib
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
-from trainables.errors import InputError, did_you_mean, format_choices
+from routed_study.trainables.errors import InputError, did_you_mean, format_choices
 
 
 class Registry:
@@ -256,4 +256,4 @@ def _rand(weights, chosen):
 
 # ---------------------------------------------------------------- prompt encoders (need torch)
 PROMPT_ENCODERS = Registry("prompt encoder")
-PROMPT_ENCODERS.lazy("trainables.routed_prompt.encoders", "emb", "mlp", "lstm")
+PROMPT_ENCODERS.lazy("routed_study.trainables.routed_prompt.encoders", "emb", "mlp", "lstm")

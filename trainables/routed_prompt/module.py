@@ -16,10 +16,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from trainables.routed_prompt import methods
-from trainables.routed_prompt.config import COMPOSED, RoutedPromptConfig
-from trainables.routed_prompt.encoders import build_encoder
-from trainables.routed_prompt.schedule import default_anneal_rate, temperature_at
+from routed_study.trainables.routed_prompt import methods
+from routed_study.trainables.routed_prompt.config import COMPOSED, RoutedPromptConfig
+from routed_study.trainables.routed_prompt.encoders import build_encoder
+from routed_study.trainables.routed_prompt.schedule import default_anneal_rate, temperature_at
 
 _EPS = 1e-8
 

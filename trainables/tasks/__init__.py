@@ -5,12 +5,12 @@ read or scored). Families register their tasks on import: offline (data from PyP
 packages, :mod:`.offline`), GLUE (:mod:`.glue`), ATOMIC-2020 (:mod:`.atomic`).
 """
 
-from trainables.tasks.spec import SPLITS, TaskSpec, get_task, register_task, task_names
-from trainables.tasks.sources import DataSource, RawRows, load_split
-from trainables.tasks.metrics import METRICS, register_metric, score_predictions
-from trainables.tasks.text2text import format_target, parse_generation
-from trainables.tasks.offline import prepare_offline_suite
-from trainables.tasks import glue, atomic  # noqa: F401  (register their tasks)
+from routed_study.trainables.tasks.spec import SPLITS, TaskSpec, get_task, register_task, task_names
+from routed_study.trainables.tasks.sources import DataSource, RawRows, load_split
+from routed_study.trainables.tasks.metrics import METRICS, register_metric, score_predictions
+from routed_study.trainables.tasks.text2text import format_target, parse_generation
+from routed_study.trainables.tasks.offline import prepare_offline_suite
+from routed_study.trainables.tasks import glue, atomic  # noqa: F401  (register their tasks)
 
 __all__ = [
     "SPLITS", "TaskSpec", "get_task", "register_task", "task_names", "DataSource", "RawRows", "load_split",

@@ -11,9 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from trainables.errors import InputError
-from trainables.tasks.sources import DataSource, RawRows, read_table
-from trainables.tasks.spec import TaskSpec, register_task
+from routed_study.trainables.errors import InputError
+from routed_study.trainables.tasks.sources import DataSource, RawRows, read_table
+from routed_study.trainables.tasks.spec import TaskSpec, register_task
 
 #: The 23 relations of ATOMIC-2020 (social, event-centred, physical).
 RELATIONS = (

@@ -22,9 +22,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from trainables.errors import InputError
-from trainables.tasks.sources import DataSource, RawRows, find_file, read_table
-from trainables.tasks.spec import TaskSpec, register_task
+from routed_study.trainables.errors import InputError
+from routed_study.trainables.tasks.sources import DataSource, RawRows, find_file, read_table
+from routed_study.trainables.tasks.spec import TaskSpec, register_task
 
 SUFFIXES = (".tsv", ".csv", ".jsonl")
 HELD_OUT_FRACTION, HELD_OUT_MAX, HELD_OUT_SEED = 0.1, 1000, 0

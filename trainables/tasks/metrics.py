@@ -15,8 +15,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from trainables.tasks.spec import TaskSpec, get_task
-from trainables.tasks.text2text import parse_generation
+from routed_study.trainables.tasks.spec import TaskSpec, get_task
+from routed_study.trainables.tasks.text2text import parse_generation
 
 
 @dataclass(frozen=True)

@@ -43,9 +43,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from trainables.errors import InputError
-from trainables.tasks.sources import PREPARE_HINT, DataSource, RawRows, read_table
-from trainables.tasks.spec import SPLITS, TaskSpec, get_task, register_task
+from routed_study.trainables.errors import InputError
+from routed_study.trainables.tasks.sources import PREPARE_HINT, DataSource, RawRows, read_table
+from routed_study.trainables.tasks.spec import SPLITS, TaskSpec, get_task, register_task
 
 SPLIT_FRACTIONS = {"train": 0.8, "validation": 0.1, "test": 0.1}
 MANIFEST = "manifest.json"
@@ -286,6 +286,6 @@ def prepare_offline_suite(data_dir: "str | os.PathLike", seed: int = 0, force: b
         if classification:
             tasks[task]["label_counts"] = {str(k): int(v) for k, v in frame["label"].value_counts().sort_index().items()}
     manifest = {"seed": seed, "split_fractions": SPLIT_FRACTIONS, "sources": sources, "tasks": tasks,
-                "created_by": "trainables.tasks.prepare_offline_suite"}
+                "created_by": "routed_study.trainables.tasks.prepare_offline_suite"}
     (data_dir / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     return data_dir

@@ -23,9 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from trainables.errors import InputError, format_choices
-from trainables.tasks.spec import SPLITS, TaskSpec, get_source, get_task
-from trainables.tasks.text2text import format_target
+from routed_study.trainables.errors import InputError, format_choices
+from routed_study.trainables.tasks.spec import SPLITS, TaskSpec, get_source, get_task
+from routed_study.trainables.tasks.text2text import format_target
 
 PREPARE_HINT = "run `routed-study data prepare --data-dir {data_dir}`"
 

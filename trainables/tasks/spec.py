@@ -11,10 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from trainables.errors import InputError, did_you_mean, format_choices
+from routed_study.trainables.errors import InputError, did_you_mean, format_choices
 
 if TYPE_CHECKING:  # sources import this module; the registry only stores them
-    from trainables.tasks.sources import DataSource
+    from routed_study.trainables.tasks.sources import DataSource
 
 KINDS = ("classification", "regression", "generation")
 FAMILIES = ("offline", "glue", "atomic")

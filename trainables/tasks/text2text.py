@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import re
 
-from trainables.tasks.spec import TaskSpec, get_task
+from routed_study.trainables.tasks.spec import TaskSpec, get_task
 
 _NUMBER = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
 
