@@ -79,9 +79,13 @@ def test_trial_survives_losing_its_node(tmp_path, two_workers):
     removed: list[str] = []
 
     def remove_busy_node_after_first_checkpoint() -> None:
+        # The second checkpoint on disk means the driver has registered the first: a function
+        # trainable's next epoch starts only after Tune has processed the previous result. (The
+        # first checkpoint's folder alone can exist before the driver knows of it, and a loaded
+        # machine then restarts the trial from scratch.)
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline:
-            if list(Path(spec.study_dir).glob("*/checkpoint_000000")) and attempts(log_dir):
+            if list(Path(spec.study_dir).glob("*/checkpoint_000001")) and attempts(log_dir):
                 node = attempts(log_dir)[0]
                 cluster.remove_node(workers[node], allow_graceful=False)
                 removed.append(node)
