@@ -27,7 +27,8 @@ from pydantic import Field, model_validator
 
 from routed_study.trainables.errors import InputError, did_you_mean, format_choices
 from routed_study.trainables.routed_prompt import methods
-from routed_study.trainables.routed_prompt.config import KNOBS, RoutedPromptConfig, complete, inert_knobs
+from routed_study.trainables.routed_prompt.config import (KNOBS, RoutedPromptConfig, check_presets, complete,
+                                                          inert_knobs)
 from routed_study.trainables.schema import Section, parse
 
 
@@ -223,6 +224,8 @@ class SearchSpace(ABC):
         from routed_study.trainables.limits import check_fits
 
         possible = self._possible
+        for size, task_set in itertools.product(possible("train_per_task"), possible("task_set")):
+            setup.for_trial({"train_per_task": size, "task_set": task_set}, where=f"key '{where}'")
         joins = [m for m in possible("compose_method") if m in methods.joining_compose_methods()]
         counts = [n for n in possible("num_source_prompts")]
         if "tasks" in possible("sources"):
@@ -272,6 +275,7 @@ class SearchSpace(ABC):
                                    for k in readers if k not in constants)
                     + f"; {name} only has a meaning when {condition.text}: fix those knobs or "
                     f"search {name} instead of fixing it")
+        check_presets(self._possible, constants, where)
         min_candidates = (min(self._possible("num_source_prompts"))
                           + sum(int(min(self._possible(k))) for k in
                                 ("private_prompts", "attend_target", "attend_input")))

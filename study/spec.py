@@ -71,6 +71,7 @@ class Data(Section):
                                                     "(relative to the working directory).")
     tasks: list[str] = _setup_field("tasks")
     train_per_task: int = _setup_field("train_per_task")
+    train_sizes: dict[str, int] = _setup_field("train_sizes")
     eval_per_task: int = _setup_field("eval_per_task")
     split_seed: int = _setup_field("split_seed")
 
@@ -257,8 +258,8 @@ class StudySpec:
         setup = TrialSetup.from_dict({
             "backbone": b.name, "backbone_family": b.family, "max_length": b.max_length,
             "data_dir": str(Path(d.dir).expanduser().absolute()), "tasks": d.tasks,
-            "train_per_task": d.train_per_task, "eval_per_task": d.eval_per_task, "split_seed": d.split_seed,
-            "plugins": given.plugins}, where=file)
+            "train_per_task": d.train_per_task, "train_sizes": d.train_sizes, "eval_per_task": d.eval_per_task,
+            "split_seed": d.split_seed, "plugins": given.plugins}, where=file)
 
         space = get_space(given.space.name, where="key 'space.name'")
         space = space.customise(given.space.override, given.space.fixed, where="space")

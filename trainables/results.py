@@ -25,6 +25,13 @@ REPEAT_INDEX_KEY = "__trial_index__"
 #: Config key the study's searcher adds: the Optuna trial number behind a Ray trial.
 OPTUNA_TRIAL_KEY = "__optuna_trial_number__"
 
+
+def train_examples_metric(task: str) -> str:
+    """The reported number of training examples a trial used for ``task`` (F3, F15: sizes are per trial
+    and per task, and a split may hold fewer examples than asked for)."""
+    return f"train/{task}/examples"
+
+
 #: Files the trainable writes into its trial directory (they become MLflow run artifacts).
 ROUTER_CSV = "router_matrix.csv"     # tasks x candidates router logits
 ROUTER_PNG = "router_heatmap.png"
