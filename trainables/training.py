@@ -53,7 +53,7 @@ class TaskData:
         from routed_study.trainables.tasks import load_split
 
         def encode(split: str, limit: Callable[[str], int]) -> list[EncodedSplit]:
-            return [backbone.encode(i, load_split(task, split, setup.data_dir, limit=limit(task),
+            return [backbone.encode(i, load_split(task, split, setup.data_dir, limit=limit(task.name),
                                                   seed=setup.split_seed))
                     for i, task in enumerate(backbone.tasks)]
 
