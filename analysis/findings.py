@@ -211,7 +211,7 @@ class Untestable(FindingKind):
 
 def _builtin_kinds() -> None:
     """Kinds defined in their own modules register on import."""
-    from routed_study.analysis import effects, routing  # noqa: F401
+    from routed_study.analysis import effects, routing, task_findings  # noqa: F401
 
 
 def _error_line(path: Path, entry_id: str, kind: type[FindingKind], error: pydantic.ValidationError) -> str:
