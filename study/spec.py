@@ -293,7 +293,8 @@ class StudySpec:
         from routed_study.trainables.tasks import get_task
 
         allowed = ["score", "train_loss"]
-        for task in self.setup.tasks:
+        # A trial's task_set may leave tasks out: only the tasks every trial trains on report every epoch.
+        for task in self.setup.tasks_of_every_trial(self.space._possible("task_set")):
             allowed += [f"val/{task}"] + [f"val/{task}/{m}" for m in get_task(task).metrics]
         if self.metric not in allowed:
             raise InputError(f"key 'metric.name': {self.metric!r} is not a metric every epoch of this study reports"

@@ -3,6 +3,7 @@ the one-line conflict errors, and how a search space draws them (the fixed knobs
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -83,6 +84,25 @@ def test_the_knobs_a_preset_fixes_are_inert_under_it_and_free_without():
         assert set(fixed) <= set(inert)
         assert complete({"sharing": preset}) | fixed == complete({"sharing": preset})
     assert not {"private_prompts", "num_source_prompts", "add_target"} & set(inert_knobs({}))
+
+
+@pytest.fixture(scope="module")
+def tiny_setup(tmp_path_factory):
+    from tiny_backbones import save_tiny_bert, write_tiny_glue
+    from routed_study.trainables.setup import TrialSetup
+
+    return TrialSetup(tasks=("sst2", "stsb"), backbone=str(save_tiny_bert(tmp_path_factory.mktemp("bert"))),
+                      data_dir=str(write_tiny_glue(tmp_path_factory.mktemp("data"))), train_per_task=16,
+                      eval_per_task=8, max_length=32)
+
+
+@pytest.mark.parametrize("preset", list(SHARING_PRESETS))
+def test_every_preset_trains(tiny_setup, preset):
+    from routed_study.trainables.training import Trainer
+
+    config = RoutedPromptConfig.from_dict({"sharing": preset, "batch_size": 8, "num_prompt_tokens": 4, "epochs": 1})
+    result = Trainer(config, tiny_setup).run()
+    assert np.isfinite(result.metrics["train_loss"]) and np.isfinite(result.metrics["score"])
 
 
 def test_the_findings_space_draws_presets_and_never_samples_what_they_fix():

@@ -176,6 +176,19 @@ def test_a_good_spec_with_sizes_and_task_sets_validates(tmp_path):
     assert StudySpec.from_dict(yaml.safe_load(yaml.safe_dump(spec.to_dict()))).setup == spec.setup
 
 
+def test_a_per_task_metric_must_be_one_every_trial_reports(tmp_path):
+    raw = spec_with(data={"tasks": list(STUDY)}, space={"override": {"task_set": ["shared_labels", "distinct_labels"]}})
+    raw["metric"] = {"name": "val/bbc_topic", "mode": "max"}
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(InputError, match=r"key 'metric.name': 'val/bbc_topic' is not a metric every epoch of this "
+                                         r"study reports; allowed: score, train_loss, val/rt_sentiment, "):
+        StudySpec.load(path)
+    raw["metric"]["name"] = "val/rt_sentiment"   # in both task sets
+    path.write_text(yaml.safe_dump(raw))
+    assert StudySpec.load(path).metric == "val/rt_sentiment"
+
+
 def test_the_knob_and_the_setup_refuse_bad_sizes_directly():
     with pytest.raises(InputError, match=r"^trial config: knob 'train_per_task' got 0; allowed: int in "):
         RoutedPromptConfig.from_dict({"train_per_task": 0}, where="trial config")

@@ -111,6 +111,11 @@ class TrialSetup(Section):
         chosen = largest if name == "shared_labels" else [tasks[0] for tasks in groups.values()]
         return tuple(chosen[:size])
 
+    def tasks_of_every_trial(self, task_sets: "tuple[str, ...] | list[str]") -> list[str]:
+        """The study's tasks that a trial trains on whichever of ``task_sets`` it draws."""
+        chosen = [set(self.task_set(name, "space")) for name in task_sets]
+        return [task for task in self.tasks if all(task in tasks for tasks in chosen)]
+
     def resolved_backbone(self) -> str:
         """The path or id to hand to ``from_pretrained``."""
         if self.backbone == "minilm":
