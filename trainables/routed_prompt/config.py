@@ -177,8 +177,7 @@ TASK_SETS = ("all", "shared_labels", "distinct_labels")
 
 def _not_preset(name: str) -> Condition:
     """The knob is free: the trial's sharing preset does not fix it."""
-    return derived(lambda v: name not in SHARING_PRESETS[v["sharing"]], ("sharing",),
-                   f"sharing is a preset that leaves {name} free (custom)")
+    return is_one_of("sharing", *[preset for preset, fixed in SHARING_PRESETS.items() if name not in fixed])
 
 
 def check_presets(possible: Callable[[str], tuple], fixed: Mapping[str, Any], where: str) -> None:
