@@ -9,9 +9,10 @@ from :func:`~analysis.effects.decide` (a t test for a direction, TOST against th
 difference"), so every p-value joins the report's false-discovery correction.
 
 - ``interaction``: the effect of a knob (side a - side b) is larger in one group of rows than in
-  another (``by``: a knob, ``by_a`` / ``by_b``: its two sides). ``size_interaction`` (F3: the best
-  rate depends on ``train_per_task``) and ``label_overlap`` (F16: ``private_prompts`` helps more in
-  a ``task_set`` without shared labels) are interactions with those defaults.
+  another (``by``: a knob, ``by_a`` / ``by_b``: its two sides), optionally ``within`` some rows.
+  ``size_interaction`` (F3: the best rate depends on ``train_per_task``) and ``label_overlap``
+  (F16: ``private_prompts`` helps more in a ``task_set`` without shared labels) are interactions
+  with those defaults.
 - ``size_gain`` (F15): the per-task gain of side a over side b shrinks as the task's number of
   training examples grows: one row per trial and task (``val/<task>`` and the reported
   ``train/<task>/examples``), OLS with task effects, errors clustered by configuration.
@@ -86,9 +87,15 @@ class InteractionEntry(Entry):
     by: str
     by_a: Side
     by_b: Side
+    within: dict[str, Side] = {}
     expect: Literal["greater", "less"] = "greater"
 
     _side = pydantic.field_validator("a", "b", "by_a", "by_b")(classmethod(lambda cls, v: check_side(v)))
+
+    @pydantic.field_validator("within")
+    @classmethod
+    def _within(cls, v):
+        return {k: check_side(s) for k, s in v.items()}
 
 
 class SizeInteractionEntry(InteractionEntry):
@@ -124,13 +131,16 @@ class Interaction(FindingKind):
     family = "claims"
 
     def evaluate(self, entry, evidence: Evidence) -> dict:
-        missing = _never_varied(evidence, entry.knob, entry.by)
+        missing = _never_varied(evidence, entry.knob, entry.by, *entry.within)
         if missing:
             return missing
         study = _study(evidence)
         raw = study.config_raw
-        group_a = side_mask(raw[entry.by], entry.by_a).to_numpy()
-        group_b = side_mask(raw[entry.by], entry.by_b).to_numpy() & ~group_a
+        inside = np.ones(study.n_configs, bool)
+        for knob, side in entry.within.items():
+            inside &= side_mask(raw[knob], side).to_numpy()
+        group_a = side_mask(raw[entry.by], entry.by_a, raw[entry.by][inside]).to_numpy() & inside
+        group_b = side_mask(raw[entry.by], entry.by_b, raw[entry.by][inside]).to_numpy() & inside & ~group_a
         grouped = group_a | group_b
         pool = raw[entry.knob][grouped]
         on_a = side_mask(raw[entry.knob], entry.a, pool).to_numpy() & grouped
@@ -330,8 +340,9 @@ class SharingOrder(FindingKind):
                         "reason": "too few configurations for the adjusted model (knobs that vary outnumber them)"}
             fits = [model.fit(r, study.config) for r in responses]
             effect, se, df = rubin([f[0] for f in fits], [f[1] for f in fits], fits[0][2])
-            pairs.append((better, worse, effect, se, df, float(stats.t.sf(effect / se, df)),
-                          float(stats.t.cdf(effect / se, df))))
+            # Two-sided p-values, kept in the direction they point to (as compare's t test).
+            pairs.append((better, worse, effect, se, df, min(1.0, float(2 * stats.t.sf(effect / se, df))),
+                          min(1.0, float(2 * stats.t.cdf(effect / se, df)))))
         worst = min(pairs, key=lambda p: p[2] / p[3])   # the weakest link of the order
         p_order = max(p[5] for p in pairs)               # every pair in order (intersection-union)
         p_reversed = min(1.0, len(pairs) * min(p[6] for p in pairs))   # some pair reversed (Bonferroni)

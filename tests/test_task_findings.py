@@ -55,7 +55,9 @@ def rates(simulate, claim) -> dict[str, float]:
 
 
 def nuisance(rng) -> dict:
-    return {"num_prompt_tokens": int(rng.choice([4, 8, 16])), "prompt_encoder": str(rng.choice(["emb", "mlp"]))}
+    # warmup_ratio (no effect) makes every drawn configuration distinct, as a continuous knob does in a study.
+    return {"num_prompt_tokens": int(rng.choice([4, 8, 16])), "prompt_encoder": str(rng.choice(["emb", "mlp"])),
+            "warmup_ratio": float(rng.uniform(0, 0.2))}
 
 
 def nuisance_effect(c: dict) -> float:
@@ -183,6 +185,37 @@ def test_size_gain_finds_a_gain_that_shrinks_with_task_size_and_not_a_constant_g
     assert null.get("supported", 0) <= MAX_FALSE
     # A gain that does not depend on size is recognised as such (TOST: slope within the margin).
     assert null.get("contradicted", 0) >= MIN_POWER
+
+
+def test_size_gain_reads_per_task_sizes_through_the_loader(tmp_path):
+    from routed_study.analysis.findings import judge
+
+    frame = gain_study(True)(np.random.default_rng(1))
+    frame.to_csv(tmp_path / "trials.csv", index=False)   # knobs as config/<knob>, sizes as train/<task>/examples
+    (tmp_path / "f.yaml").write_text("findings:\n  - id: F15\n    statement: s\n    kind: size_gain\n"
+                                      "    a: partial\n")
+    row = judge(str(tmp_path / "trials.csv"), tmp_path / "f.yaml").iloc[0]
+    assert row["verdict"] == "supported" and row["n_configs"] == 60 and row["effect"] < 0
+    assert row["n_seeds"] == 2
+
+
+def test_a_within_condition_restricts_the_interaction():
+    # The rate-by-size dependence planted only with 16 prompt tokens (F3b: "especially with many tokens").
+    def simulate(rng):
+        drawn = [{**nuisance(rng), "learning_rate": float(10 ** rng.uniform(-3, -0.5)),
+                  "train_per_task": int(rng.choice([50, 800])), "num_prompt_tokens": int(rng.choice([4, 16]))}
+                 for _ in range(160)]
+
+        def score(c):
+            slope = -1.5 * np.log2(c["train_per_task"] / 200) if c["num_prompt_tokens"] == 16 else -1.0
+            return 60 + slope * (np.log10(c["learning_rate"]) + 1.75) + nuisance_effect(c)
+        return trials(drawn, score, rng)
+
+    sizes = {"by_a": {"max": 100}, "by_b": {"min": 400}}
+    inside = rates(simulate, entry("size_interaction", within={"num_prompt_tokens": 16}, **sizes))
+    outside = rates(simulate, entry("size_interaction", within={"num_prompt_tokens": 4}, **sizes))
+    print(f"size_interaction within 16 tokens {inside}, within 4 tokens {outside}")
+    assert inside.get("supported", 0) >= MIN_POWER and outside.get("supported", 0) <= MAX_FALSE
 
 
 def test_size_gain_without_size_variation_says_what_to_vary():
