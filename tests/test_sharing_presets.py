@@ -10,7 +10,7 @@ import torch
 from routed_study.search_spaces import get_space
 from routed_study.trainables.errors import InputError
 from routed_study.trainables.routed_prompt import RoutedPrompt, RoutedPromptConfig
-from routed_study.trainables.routed_prompt.config import KNOBS, SHARING_PRESETS, complete, inert_knobs
+from routed_study.trainables.routed_prompt.config import KNOBS, SHARING_PRESETS, complete, inert_knobs, with_knob
 
 T, D, L = 3, 8, 4
 
@@ -136,3 +136,13 @@ def test_a_space_can_search_presets_without_the_conflicting_one():
     with pytest.raises(InputError, match="^key 'space.override.sharing': knob 'sharing' got 'none'; allowed "
                                          "values: 'custom', 'shared', 'partial', 'separate'$"):
         get_space("findings").customise({"sharing": ["none"]})
+
+
+def test_a_pair_can_flip_sharing_on_any_sampled_configuration():
+    # What a matched-pairs design does: one base configuration, the preset flipped.
+    for base in get_space("findings").sample_configs(40, seed=2):
+        for preset in SHARING_PRESETS:
+            flipped = with_knob(base, "sharing", preset)
+            config = RoutedPromptConfig.from_dict(flipped)
+            assert config.sharing == preset
+            assert {k: v for k, v in flipped.items() if k != "sharing"}.items() <= base.items()

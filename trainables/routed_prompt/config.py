@@ -417,6 +417,15 @@ def inert_knobs(values: Mapping[str, Any]) -> dict[str, str]:
     return {name: spec.applies.text for name, spec in KNOBS.items() if not spec.applies_in(full)}
 
 
+def with_knob(values: Mapping[str, Any], name: str, value: Any) -> dict[str, Any]:
+    """``values`` with knob ``name`` set to ``value`` and the knobs that then mean nothing dropped, as
+    define-by-run would leave them out (a matched pair flips one knob: flipping ``sharing`` to a preset
+    drops the knobs the preset fixes, so the pair's trial is a valid config)."""
+    flipped = {**values, name: value}
+    inert = inert_knobs(flipped)
+    return {k: v for k, v in flipped.items() if k == name or k not in inert}
+
+
 def knob_values(trial_config: Mapping[str, Any]) -> dict[str, Any]:
     """The knobs of a trial config: without the bookkeeping keys that start with ``__``
     (Ray's ``__trial_index__`` of a repeat, the study's ``__optuna_trial_number__``)."""
