@@ -25,7 +25,6 @@ REPEAT_INDEX_KEY = "__trial_index__"
 #: Config key the study's searcher adds: the Optuna trial number behind a Ray trial.
 OPTUNA_TRIAL_KEY = "__optuna_trial_number__"
 
-
 #: Files the trainable writes into its trial directory (they become MLflow run artifacts).
 ROUTER_CSV = "router_matrix.csv"     # tasks x candidates router logits
 ROUTER_PNG = "router_heatmap.png"
@@ -68,6 +67,7 @@ def best(items: Iterable[T], value: Callable[[T], Any], mode: str) -> tuple[floa
 def best_first(mode: str) -> bool:
     """``ascending=`` for sorting trials best first by the target (pandas' sort_values)."""
     return mode == "min"
+
 
 def train_examples_metric(task: str) -> str:
     """The reported number of training examples a trial used for ``task`` (F3, F15: sizes are per trial
