@@ -224,8 +224,9 @@ class SearchSpace(ABC):
         from routed_study.trainables.limits import check_fits
 
         possible = self._possible
-        for size, task_set in itertools.product(possible("train_per_task"), possible("task_set")):
-            setup.for_trial({"train_per_task": size, "task_set": task_set}, where=f"key '{where}'")
+        # A trial's data knobs must fit the study's tasks; a task_set trains on fewer of them.
+        trial_tasks = [len(setup.for_trial({"train_per_task": n, "task_set": name}, where=f"key '{where}'").tasks)
+                       for n, name in itertools.product(possible("train_per_task"), possible("task_set"))]
         joins = [m for m in possible("compose_method") if m in methods.joining_compose_methods()]
         counts = [n for n in possible("num_source_prompts")]
         if "tasks" in possible("sources"):
@@ -240,12 +241,12 @@ class SearchSpace(ABC):
             # A 'when' of the sources param may keep task-owned sources to some num_selected values.
             when = self.parameters()["sources"].when if "sources" in self.parameters() else {}
             ks = [k for k in possible("num_selected") if k in when.get("num_selected", (k,))]
-            few = len(setup.tasks) + sum(int(min(possible(x))) for x in ("private_prompts", "attend_target",
+            few = min(trial_tasks) + sum(int(min(possible(x))) for x in ("private_prompts", "attend_target",
                                                                             "attend_input"))
             if max(ks) > few:
                 raise InputError(f"key '{where}': knob 'num_selected' can be {max(ks)} but "
                                  f"with sources: tasks some trials have only {few} router candidates "
-                                 f"({len(setup.tasks)} tasks); fix sources: anonymous or lower num_selected")
+                                 f"({min(trial_tasks)} tasks); fix sources: anonymous or lower num_selected")
 
     def sample_configs(self, n: int, seed: int = 0) -> list[dict[str, Any]]:
         """``n`` knob dicts drawn at random through define-by-run (checks, previews)."""

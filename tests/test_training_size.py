@@ -176,6 +176,17 @@ def test_a_good_spec_with_sizes_and_task_sets_validates(tmp_path):
     assert StudySpec.from_dict(yaml.safe_load(yaml.safe_dump(spec.to_dict()))).setup == spec.setup
 
 
+def test_task_owned_sources_must_fit_the_smallest_task_set(tmp_path):
+    raw = spec_with(data={"tasks": list(STUDY)},
+                    space={"override": {"task_set": ["all", "distinct_labels"], "num_selected": [-1, 4]},
+                           "fixed": {"batch_size": 8, "sources": "tasks", "sharing": "custom"}})
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(InputError, match=r"knob 'num_selected' can be 4 but with sources: tasks some trials have "
+                                         r"only 3 router candidates \(3 tasks\)"):
+        StudySpec.load(path)
+
+
 def test_a_per_task_metric_must_be_one_every_trial_reports(tmp_path):
     raw = spec_with(data={"tasks": list(STUDY)}, space={"override": {"task_set": ["shared_labels", "distinct_labels"]}})
     raw["metric"] = {"name": "val/bbc_topic", "mode": "max"}
