@@ -358,7 +358,8 @@ class StudySpec:
         return [
             f"study '{self.name}'" + (f" (plugins: {', '.join(self.plugins)})" if self.plugins else ""),
             f"  backbone: {s.backbone} ({s.backbone_family}), max_length {s.max_length}",
-            f"  tasks: {', '.join(s.tasks)}  (train {s.train_per_task}, eval {s.eval_per_task} per task, "
+            f"  tasks: {', '.join(s.tasks)}  (train {s.train_per_task}"
+            + "".join(f", {task} {n}" for task, n in s.train_sizes.items()) + f", eval {s.eval_per_task} per task, "
             f"split seed {s.split_seed}, data in {s.data_dir})",
             f"space '{self.space.name}': {searched} searched knob(s), {len(self.space.constants())} fixed  -- {doc}",
             *self.space.describe(),

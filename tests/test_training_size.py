@@ -172,6 +172,7 @@ def test_a_good_spec_with_sizes_and_task_sets_validates(tmp_path):
     path.write_text(yaml.safe_dump(raw))
     spec = StudySpec.load(path)
     assert spec.setup.train_sizes == {"bbc_topic": 20} and spec.setup.train_size("bbc_topic") == 20
+    assert "(train 16, bbc_topic 20, eval 8 per task" in spec.describe()[2]
     assert "train_per_task" in spec.space.parameters() and "task_set" in spec.space.parameters()
     assert StudySpec.from_dict(yaml.safe_load(yaml.safe_dump(spec.to_dict()))).setup == spec.setup
 
