@@ -272,6 +272,7 @@ def evaluate_findings(entries: list, evidence: Evidence) -> pd.DataFrame:
     from statsmodels.stats.multitest import multipletests
 
     _builtin_kinds()
+    evidence.extras["entries"] = list(entries)   # kinds may adjust for what the other claims name
     rows = []
     for entry in entries:
         kind = KINDS[entry.kind]
