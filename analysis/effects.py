@@ -489,8 +489,13 @@ def judge_compare(entry, evidence: Evidence) -> dict:
         return out
 
     # Views: the budget-aware one decides; completed trials only is the second.
+    models: dict[bytes, ClaimModel] = {}   # one per set of configurations with a response
+
     def estimate(response: np.ndarray) -> tuple[float, float, float] | None:
-        model = ClaimModel(design, contrast, _configs_with(response, study.config, study.n_configs))
+        have = _configs_with(response, study.config, study.n_configs)
+        model = models.get(have.tobytes())
+        if model is None:
+            model = models[have.tobytes()] = ClaimModel(design, contrast, have)
         if not model.ok:
             return None
         est, var, df = model.fit(response, study.config)
