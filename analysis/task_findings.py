@@ -50,11 +50,10 @@ def _never_varied(evidence: Evidence, *knobs: str) -> dict | None:
 
 def _responses(study, rows: np.ndarray) -> tuple[list[np.ndarray], str, str]:
     """Trial responses (one per imputation) for the configurations in ``rows``: final scores, with
-    early-stopped trials projected from the last epoch every compared trial reached."""
-    rung = study.common_rung(rows)
-    if (study.stopped & rows).any() and rung is not None:
-        draws, how = study.projections(rung)
-        view = f"projected from epoch {rung}"
+    early-stopped trials projected to the final budget (analysis.effects.StudyEffects.projections)."""
+    if (study.stopped & rows).any() and study.hist is not None:
+        draws, how = study.projections()
+        view = "projected final"
     elif (study.stopped & rows).any():
         draws, how, view = study.y[None, :], "early-stopped trials at their last score (no history)", "last reported"
     else:
@@ -156,6 +155,7 @@ class Interaction(FindingKind):
         compared = on_a | on_b
         design = {"a|by_a": cells["a|by_a"].astype(float), "a|by_b": cells["a|by_b"].astype(float),
                   "by_a": group_a.astype(float)}
+        design.update(study.interactions({entry.knob, entry.by}, skip=entry.id))
         design.update(study.base_columns({entry.knob, entry.by}))
         responses, view, how = _responses(study, compared[study.config])
         model = ClaimModel(design, {"a|by_a": 1.0, "a|by_b": -1.0},
