@@ -218,6 +218,31 @@ def test_a_within_condition_restricts_the_interaction():
     assert inside.get("supported", 0) >= MIN_POWER and outside.get("supported", 0) <= MAX_FALSE
 
 
+def test_early_stopped_trials_are_projected_not_dropped():
+    # ASHA-like: the weakest third of the trials stops after epoch 1 of 2 (their score is the epoch-1 one).
+    def with_stops(planted):
+        return lambda rng: simulate(rng, planted)
+
+    def simulate(rng, planted=True):
+        frame = size_study(planted)(rng)
+        final = frame["score"].to_numpy()
+        early = 30 + 0.6 * (final - 30) + rng.normal(0, 1.0, len(final))
+        stopped = early < np.quantile(early, 1 / 3)
+        frame["score@1"], frame["score@2"] = early, np.where(stopped, np.nan, final)
+        frame["score"] = np.where(stopped, early, final)
+        frame["status"] = np.where(stopped, "early_stopped", "ok")
+        return frame
+
+    found, null = rates(with_stops(True), entry("size_interaction")), rates(with_stops(False), entry("size_interaction"))
+    print(f"size_interaction with early stops: planted {found}, null {null}")
+    assert found.get("supported", 0) >= MIN_POWER and null.get("supported", 0) <= MAX_FALSE
+    row = evaluate_findings([entry("size_interaction")], Evidence.from_table(TrialTable(
+        frame=simulate(np.random.default_rng(0)).rename(columns=lambda c: c.removeprefix("config/")),
+        knobs=["learning_rate", "train_per_task", "num_prompt_tokens", "prompt_encoder", "warmup_ratio"],
+        target="score", source="simulated"))).iloc[0]
+    assert row["view"] == "projected final" and "early-stopped trials projected" in row["treatment"]
+
+
 def test_size_gain_without_size_variation_says_what_to_vary():
     frame = gain_study(True, fixed_sizes=True)(np.random.default_rng(0))
     knobs = [c[len("config/"):] for c in frame.columns if c.startswith("config/")]
