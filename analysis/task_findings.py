@@ -31,8 +31,8 @@ import pandas as pd
 import pydantic
 from scipy import stats
 
-from routed_study.analysis.effects import (MARGIN_SEED_SD, MIN_CONFIGS, ClaimModel, _configs_with, _independent,
-                                           _study, decide, rubin, side_mask)
+from routed_study.analysis.effects import (MARGIN_SEED_SD, MIN_CONFIGS, POWER, ClaimModel, _configs_with,
+                                           _independent, _needed, _study, decide, rubin, side_mask)
 from routed_study.analysis.encoding import NA, value_label
 from routed_study.analysis.findings import Entry, Evidence, FindingKind, Side, check_side, register_kind
 from routed_study.trainables.results import train_examples_metric
@@ -70,9 +70,18 @@ def _margin(study, scale: float) -> tuple[float, str]:
 
 
 def _result(decision, effect: float, se: float, df: float, alpha: float, **extra) -> dict:
+    """The row of a decided contrast; where it is not significant, the configurations that would decide
+    it at POWER (at the observed effect and spread, as compare)."""
     t = stats.t.ppf(1 - alpha / 2, df)
-    return {"verdict": decision.verdict, "p_value": decision.p, "decided_by": decision.decided_by,
-            "effect": effect, "ci_low": effect - t * se, "ci_high": effect + t * se, **extra}
+    out = {"verdict": decision.verdict, "p_value": decision.p, "decided_by": decision.decided_by,
+           "effect": effect, "ci_low": effect - t * se, "ci_high": effect + t * se, **extra}
+    if decision.p >= alpha:
+        needed = _needed(effect, se, out["n_configs"], out["n_seeds"], out["margin"], alpha, equal=False)
+        if needed is not None:
+            out["configs_needed"], out["trials_needed"] = needed
+            out["reason"] += (f"; about {needed[0]} more configurations x {max(out['n_seeds'], 1)} seeds would "
+                              f"decide it at the observed effect and spread ({POWER:.0%} power)")
+    return out
 
 
 # --- interaction (F3, F16) -------------------------------------------------------------------
@@ -172,8 +181,8 @@ class Interaction(FindingKind):
                        n_seeds=int(np.median(seeds)), n_a=counts["a|by_a"] + counts["a|by_b"],
                        n_b=counts["b|by_a"] + counts["b|by_b"], margin=margin, view=view,
                        treatment=f"{how}; (a - b | {entry.by} on by_a) - (a - b | on by_b), {ADJUSTED}",
-                       reason=f"{decision.reason.replace('a - b', 'difference of differences')}; {margin_text}; "
-                              f"configurations per cell: {counts}")
+                       reason=f"(a - b | {entry.by} on by_a) - (a - b | on by_b) = {effect:+.3g}: {decision.reason}; "
+                              f"{margin_text}; configurations per cell: {counts}")
 
 
 @register_kind
@@ -284,8 +293,8 @@ class SizeGain(FindingKind):
                        treatment=("one row per trial and task; OLS of val/<task> on side a x log2(examples), task "
                                   "effects and their size slopes, the other knobs' main effects; errors "
                                   "clustered by configuration"),
-                       reason=f"{decision.reason.replace('a - b', 'gain per doubling of examples')}; {margin_text}; "
-                              f"{rows['task'].nunique()} tasks, {len(rows)} task scores")
+                       reason=f"change of the gain (a - b) per doubling of a task's examples = {effect:+.3g}: "
+                              f"{decision.reason}; {margin_text}; {rows['task'].nunique()} tasks, {len(rows)} task scores")
 
 
 # --- sharing presets in order (F14) ----------------------------------------------------------
@@ -347,12 +356,12 @@ class SharingOrder(FindingKind):
         p_order = max(p[5] for p in pairs)               # every pair in order (intersection-union)
         p_reversed = min(1.0, len(pairs) * min(p[6] for p in pairs))   # some pair reversed (Bonferroni)
         detail = ", ".join(f"{b} - {w} = {e:+.3g} (p={po:.3g})" for b, w, e, _, _, po, _ in pairs)
-        if p_order <= p_reversed:
-            verdict, p, reason = "supported", p_order, f"every level beats the next: {detail}"
+        if all(pair[2] > 0 for pair in pairs):
+            verdict, p, reason = "supported", p_order, f"each level scores above the next: {detail}"
         else:
             reversed_pair = min(pairs, key=lambda p: p[6])
             verdict, p = "contradicted", p_reversed
-            reason = f"{reversed_pair[1]} beats {reversed_pair[0]}: {detail}"
+            reason = f"{reversed_pair[1]} scores above {reversed_pair[0]} (Bonferroni p={p_reversed:.3g}): {detail}"
         if others.any():
             how += f"; {int(others.sum())} configurations at other levels of {entry.knob} left out"
         t = stats.t.ppf(1 - evidence.alpha / 2, worst[4])
