@@ -92,13 +92,10 @@ class TrialSetup(Section):
         return self.model_copy(update=update) if update else self
 
     def task_set(self, name: str, where: str = "trial config") -> tuple[str, ...]:
-        """The tasks of knob ``task_set`` (see TASK_SETS): shared_labels and distinct_labels hold the same
-        number of tasks, so that only whether the labels are shared differs between them."""
-        from routed_study.trainables.routed_prompt.config import TASK_SETS
+        """The tasks of a value of knob ``task_set`` (config.TASK_SETS): shared_labels and distinct_labels
+        hold the same number of tasks, so that only whether the labels are shared differs between them."""
         from routed_study.trainables.tasks import label_groups
 
-        if name not in TASK_SETS:
-            raise InputError(f"{where}: knob 'task_set' got {name!r}; allowed values: {', '.join(TASK_SETS)}")
         if name == "all":
             return self.tasks
         groups = label_groups(self.tasks)
