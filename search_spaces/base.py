@@ -27,7 +27,8 @@ from pydantic import Field, model_validator
 
 from routed_study.trainables.errors import InputError, did_you_mean, format_choices
 from routed_study.trainables.routed_prompt import methods
-from routed_study.trainables.routed_prompt.config import KNOBS, RoutedPromptConfig, complete, inert_knobs
+from routed_study.trainables.routed_prompt.config import (KNOBS, RoutedPromptConfig, check_presets, complete,
+                                                          inert_knobs)
 from routed_study.trainables.schema import Section, parse
 
 
@@ -223,6 +224,9 @@ class SearchSpace(ABC):
         from routed_study.trainables.limits import check_fits
 
         possible = self._possible
+        # A trial's data knobs must fit the study's tasks; a task_set trains on fewer of them.
+        trial_tasks = [len(setup.for_trial({"train_per_task": n, "task_set": name}, where=f"key '{where}'").tasks)
+                       for n, name in itertools.product(possible("train_per_task"), possible("task_set"))]
         joins = [m for m in possible("compose_method") if m in methods.joining_compose_methods()]
         counts = [n for n in possible("num_source_prompts")]
         if "tasks" in possible("sources"):
@@ -237,12 +241,12 @@ class SearchSpace(ABC):
             # A 'when' of the sources param may keep task-owned sources to some num_selected values.
             when = self.parameters()["sources"].when if "sources" in self.parameters() else {}
             ks = [k for k in possible("num_selected") if k in when.get("num_selected", (k,))]
-            few = len(setup.tasks) + sum(int(min(possible(x))) for x in ("private_prompts", "attend_target",
+            few = min(trial_tasks) + sum(int(min(possible(x))) for x in ("private_prompts", "attend_target",
                                                                             "attend_input"))
             if max(ks) > few:
                 raise InputError(f"key '{where}': knob 'num_selected' can be {max(ks)} but "
                                  f"with sources: tasks some trials have only {few} router candidates "
-                                 f"({len(setup.tasks)} tasks); fix sources: anonymous or lower num_selected")
+                                 f"({min(trial_tasks)} tasks); fix sources: anonymous or lower num_selected")
 
     def sample_configs(self, n: int, seed: int = 0) -> list[dict[str, Any]]:
         """``n`` knob dicts drawn at random through define-by-run (checks, previews)."""
@@ -272,6 +276,7 @@ class SearchSpace(ABC):
                                    for k in readers if k not in constants)
                     + f"; {name} only has a meaning when {condition.text}: fix those knobs or "
                     f"search {name} instead of fixing it")
+        check_presets(self._possible, constants, where)
         min_candidates = (min(self._possible("num_source_prompts"))
                           + sum(int(min(self._possible(k))) for k in
                                 ("private_prompts", "attend_target", "attend_input")))

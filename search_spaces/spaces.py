@@ -46,6 +46,12 @@ class FindingsSpace(SearchSpace):
     valid; task-owned sources (one per task) are searched with num_selected all or 1, which a
     study of any number of tasks has candidates for.
     eval_route_method stays at ``same``: evaluation routes as training does.
+
+    Data and sharing: train_per_task (F3, F15) replaces the study's ``data.train_per_task`` per
+    trial (tasks in ``data.train_sizes`` keep theirs); sharing (F14) draws a preset (shared,
+    partial, separate) or custom, and the knobs a preset fixes are not drawn under it. task_set
+    (F16) is not searched here, since it needs tasks that share a label space and tasks that do
+    not: add ``override: {task_set: [shared_labels, distinct_labels]}`` to a study that has both.
     """
 
     name = "findings"
@@ -69,6 +75,8 @@ class FindingsSpace(SearchSpace):
             every("prompt_encoder"),
             choice("init_from_words", False, True),
             choice("backbone_dropout", True, False),
+            choice("train_per_task", 50, 200, 800),
+            every("sharing"),
         ]
 
 

@@ -71,6 +71,7 @@ class Data(Section):
                                                     "(relative to the working directory).")
     tasks: list[str] = _setup_field("tasks")
     train_per_task: int = _setup_field("train_per_task")
+    train_sizes: dict[str, int] = _setup_field("train_sizes")
     eval_per_task: int = _setup_field("eval_per_task")
     split_seed: int = _setup_field("split_seed")
 
@@ -257,8 +258,8 @@ class StudySpec:
         setup = TrialSetup.from_dict({
             "backbone": b.name, "backbone_family": b.family, "max_length": b.max_length,
             "data_dir": str(Path(d.dir).expanduser().absolute()), "tasks": d.tasks,
-            "train_per_task": d.train_per_task, "eval_per_task": d.eval_per_task, "split_seed": d.split_seed,
-            "plugins": given.plugins}, where=file)
+            "train_per_task": d.train_per_task, "train_sizes": d.train_sizes, "eval_per_task": d.eval_per_task,
+            "split_seed": d.split_seed, "plugins": given.plugins}, where=file)
 
         space = get_space(given.space.name, where="key 'space.name'")
         space = space.customise(given.space.override, given.space.fixed, where="space")
@@ -292,7 +293,8 @@ class StudySpec:
         from routed_study.trainables.tasks import get_task
 
         allowed = ["score", "train_loss"]
-        for task in self.setup.tasks:
+        # A trial's task_set may leave tasks out: only the tasks every trial trains on report every epoch.
+        for task in self.setup.tasks_of_every_trial(self.space._possible("task_set")):
             allowed += [f"val/{task}"] + [f"val/{task}/{m}" for m in get_task(task).metrics]
         if self.metric not in allowed:
             raise InputError(f"key 'metric.name': {self.metric!r} is not a metric every epoch of this study reports"
@@ -356,7 +358,8 @@ class StudySpec:
         return [
             f"study '{self.name}'" + (f" (plugins: {', '.join(self.plugins)})" if self.plugins else ""),
             f"  backbone: {s.backbone} ({s.backbone_family}), max_length {s.max_length}",
-            f"  tasks: {', '.join(s.tasks)}  (train {s.train_per_task}, eval {s.eval_per_task} per task, "
+            f"  tasks: {', '.join(s.tasks)}  (train {s.train_per_task}"
+            + "".join(f", {task} {n}" for task, n in s.train_sizes.items()) + f", eval {s.eval_per_task} per task, "
             f"split seed {s.split_seed}, data in {s.data_dir})",
             f"space '{self.space.name}': {searched} searched knob(s), {len(self.space.constants())} fixed  -- {doc}",
             *self.space.describe(),

@@ -117,7 +117,7 @@ def test_validate_prints_the_plan(tmp_path, capsys):
     path.write_text(yaml.safe_dump(GOOD))
     assert main(["validate", str(path)]) == 0
     out = capsys.readouterr().out
-    for text in ("target_share: one of", "[only when add_target is true]", "batch_size = 8 (fixed)",
+    for text in ("target_share: one of", "[only when add_target is true and sharing in [custom, shared, partial]]", "batch_size = 8 (fixed)",
                  "3 configuration(s) x 1 repeat(s)", "1 CPU, 0 GPU", "1 at a time",
                  f"sqlite:///{tmp_path}/studies/cli/mlflow.db", f"sqlite:///{tmp_path}/studies/cli/optuna.db",
                  f"{tmp_path}/studies/cli", "OK"):

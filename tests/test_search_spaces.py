@@ -30,7 +30,7 @@ def test_every_sampled_trial_is_a_valid_config(name, sampler):
                else optuna.samplers.RandomSampler(seed=1))
     study = optuna.create_study(sampler=sampler, direction="maximize")
     seen = {}
-    for i in range(60):
+    for i in range(120):   # the deepest conditional knob (freeze_sources) applies in ~1 of 20 trials
         trial = study.ask()
         constants = space.define_by_run(trial) or {}
         values = {**trial.params, **constants}
@@ -41,14 +41,16 @@ def test_every_sampled_trial_is_a_valid_config(name, sampler):
     assert set(seen) == set(space.parameters()) | set(space.constants())
     for knob in space.parameters():
         assert knob in KNOBS
-        assert len(seen[knob]) > 1, f"{knob} never varied in 60 trials"
+        assert len(seen[knob]) > 1, f"{knob} never varied in 120 trials"
 
 
 def test_findings_conditions_are_honoured():
     space = get_space("findings")
     for values in space.sample_configs(80, seed=3):
         # target_mix add adds the target with weight 1: no share to choose.
-        assert ("target_share" in values) == (values["add_target"] and values["target_mix"] == "convex")
+        full = complete(values)  # a sharing preset fixes add_target; separate fixes target_share to 1
+        assert ("target_share" in values) == (full["add_target"] and full["target_mix"] == "convex"
+                                              and full["sharing"] != "separate")
         if "compose_method" in values:
             assert ("source_order" in values) <= (values["compose_method"] in ("cat", "concat"))
         # Exactly the knobs that apply are sampled: the knob table's one declaration decides, and
@@ -115,7 +117,7 @@ def test_override_replaces_extends_and_keeps_condition():
         fixed={"prompt_encoder": "mlp", "batch_size": 8})
     params = space.parameters()
     assert params["learning_rate"].distribution.low == 0.01
-    assert params["target_share"].reads == {"add_target", "target_mix"}  # the knob table's, kept by the override
+    assert params["target_share"].reads == {"add_target", "target_mix", "sharing"}  # the knob table's, kept by the override
     assert params["router_learning_rate"].distribution.choices == (0.01, 0.1)
     assert params["warmup_ratio"].when == {"route_method": ("rb",)}
     assert "prompt_encoder" not in params
@@ -170,7 +172,7 @@ def test_space_check_rejects_combinations_the_config_refuses(override, fixed, me
 
 
 def test_fixing_add_target_makes_target_share_legal():
-    space = get_space("findings").customise({}, {"add_target": True, "target_share": "learned"})
+    space = get_space("findings").customise({}, {"add_target": True, "target_share": "learned", "sharing": "custom"})
     assert all(v["target_share"] == "learned" for v in space.sample_configs(5))
 
 
@@ -187,7 +189,9 @@ def test_strict_knobs_follow_the_config_rule():
 def test_an_empty_when_cannot_lift_the_knob_tables_condition():
     space = get_space("findings").customise({"target_share": {"choices": [0.5], "when": {}}})
     for values in space.sample_configs(40):
-        assert ("target_share" in values) == (values["add_target"] and values["target_mix"] == "convex")
+        full = complete(values)  # a sharing preset fixes add_target; separate fixes target_share to 1
+        assert ("target_share" in values) == (full["add_target"] and full["target_mix"] == "convex"
+                                              and full["sharing"] != "separate")
 
 
 def test_custom_space_is_a_search_space_with_the_base_docstring():

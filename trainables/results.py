@@ -67,3 +67,9 @@ def best(items: Iterable[T], value: Callable[[T], Any], mode: str) -> tuple[floa
 def best_first(mode: str) -> bool:
     """``ascending=`` for sorting trials best first by the target (pandas' sort_values)."""
     return mode == "min"
+
+
+def train_examples_metric(task: str) -> str:
+    """The reported number of training examples a trial used for ``task`` (F3, F15: sizes are per trial
+    and per task, and a split may hold fewer examples than asked for)."""
+    return f"train/{task}/examples"

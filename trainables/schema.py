@@ -65,7 +65,8 @@ def explain(exc: ValidationError, model: type[BaseModel], raw: Any, at: str = ""
 def _explain(error: Mapping[str, Any], path: list[str], field: FieldInfo | None, model: type[BaseModel],
              raw: Any, prefix: list[str]) -> str:
     kind = error["type"]
-    key = ".".join([*prefix, *path])
+    entry = _mapping_entry(error, path, field)
+    key = ".".join([*prefix, *path, *entry])
     at = f"key '{key}': " if key else ""
     if kind == "extra_forbidden":
         leaf = str(error["loc"][len(path)])
@@ -76,7 +77,9 @@ def _explain(error: Mapping[str, Any], path: list[str], field: FieldInfo | None,
     if kind == "missing":
         key, _ = _first_required([*prefix, *path], field)
         return f"key '{key}': missing"
-    value = _value_at(raw, path)
+    value = _value_at(raw, [*path, *entry])
+    if entry and kind.endswith("_type"):   # one value of a mapping such as train_sizes
+        return f"{at}expected {_type_names(_element(field.annotation))}, got {value!r}"
     section = _model_of(field.annotation) if field is not None else model
     if section is not None and kind in ("model_type", "dict_type", "model_attributes_type"):
         return f"{at}expected a mapping with keys {', '.join(section.model_fields)}, got {value!r}"
@@ -114,6 +117,16 @@ def _walk(model: type[BaseModel], loc: tuple) -> tuple[list[str], FieldInfo | No
         path.append(part)
         current = _model_of(field.annotation)
     return path, field
+
+
+def _mapping_entry(error: Mapping[str, Any], path: list[str], field: FieldInfo | None) -> list[str]:
+    """The key of the mapping entry an error is about (``train_sizes.bbc_topic``), or none."""
+    loc = error["loc"]
+    if field is None or len(loc) <= len(path) or error["type"] == "extra_forbidden":
+        return []
+    if not any(typing.get_origin(m) is dict for m in _members(field.annotation)):
+        return []
+    return [str(loc[len(path)])]
 
 
 def _first_required(path: list[str], field: FieldInfo | None) -> tuple[str, FieldInfo | None]:
@@ -158,9 +171,13 @@ def _literal_choices(annotation: Any) -> tuple | None:
 
 
 def _element(annotation: Any) -> Any:
+    """The type of a list's elements or of a mapping's values."""
     for member in _members(annotation):
         if typing.get_origin(member) in (list, tuple):
             return typing.get_args(member)[0]
+        if typing.get_origin(member) is dict:
+            value = typing.get_args(member)[1]
+            return typing.get_args(value)[0] if typing.get_origin(value) is typing.Annotated else value
     return Any
 
 

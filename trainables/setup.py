@@ -10,7 +10,7 @@ sections take their defaults and help from it.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Annotated, Any, Literal, Mapping
 
 from pydantic import Field, field_validator
 
@@ -31,7 +31,11 @@ class TrialSetup(Section):
     backbone_family: Literal[BACKBONE_FAMILIES] = Field("auto", description=(
         "encoder (BERT-like, frozen verbalizer) or seq2seq (T5 family); auto reads the model config."))
     data_dir: str = Field("data", description="Where `routed-study data prepare` wrote the suite.")
-    train_per_task: int = Field(200, ge=1, description="Training examples sampled per task.")
+    train_per_task: int = Field(200, ge=1, description=(
+        "Training examples sampled per task (a trial's knob train_per_task replaces it)."))
+    train_sizes: dict[str, Annotated[int, Field(ge=1)]] = Field(default_factory=dict, description=(
+        "Task -> its own number of training examples, in place of train_per_task (one study can hold a "
+        "task with few examples beside tasks with many, F15)."))
     eval_per_task: int = Field(200, ge=1, description="Validation and test examples per task.")
     max_length: int = Field(64, ge=1, description="Input tokens kept per example (before the prompt).")
     split_seed: int = Field(0, ge=0, description="Seed of the per-task sample of examples.")
@@ -59,6 +63,10 @@ class TrialSetup(Section):
             raise InputError(f"{where}: key 'tasks' lists a task twice: {list(self.tasks)}")
         for task in self.tasks:
             get_task(task, where=f"{where}: key 'tasks'")
+        for task in self.train_sizes:
+            if task not in self.tasks:
+                raise InputError(f"{where}: key 'train_sizes.{task}': not a task of this study; "
+                                 f"allowed: {', '.join(self.tasks)}")
         looks_local = self.backbone.startswith((".", "/", "~")) or Path(self.backbone).expanduser().exists()
         if looks_local and not (Path(self.backbone).expanduser() / "config.json").is_file():
             raise InputError(f"{where}: key 'backbone': {self.backbone} is not a model directory "
@@ -66,6 +74,44 @@ class TrialSetup(Section):
         from routed_study.trainables.limits import check_input_fits
 
         check_input_fits(self, where)
+
+    def train_size(self, task: str) -> int:
+        """Training examples sampled for ``task`` (fewer when its split has fewer)."""
+        return self.train_sizes.get(task, self.train_per_task)
+
+    def for_trial(self, knobs: Mapping[str, Any], where: str = "trial config") -> "TrialSetup":
+        """This setup as one trial trains on it: its knobs ``train_per_task`` and ``task_set`` applied
+        (missing or null: the study's values)."""
+        update: dict[str, Any] = {}
+        if knobs.get("train_per_task") is not None:
+            update["train_per_task"] = knobs["train_per_task"]
+        tasks = self.task_set(knobs.get("task_set") or "all", where)
+        if tasks != self.tasks:
+            update["tasks"] = tasks
+            update["train_sizes"] = {t: n for t, n in self.train_sizes.items() if t in tasks}
+        return self.model_copy(update=update) if update else self
+
+    def task_set(self, name: str, where: str = "trial config") -> tuple[str, ...]:
+        """The tasks of a value of knob ``task_set`` (config.TASK_SETS): shared_labels and distinct_labels
+        hold the same number of tasks, so that only whether the labels are shared differs between them."""
+        from routed_study.trainables.tasks import label_groups
+
+        if name == "all":
+            return self.tasks
+        groups = label_groups(self.tasks)
+        largest = max(groups.values(), key=len)   # max keeps the first of equal groups
+        if len(largest) < 2 or len(groups) < 2:
+            spaces = "; ".join(f"{label}: {', '.join(tasks)}" for label, tasks in groups.items())
+            raise InputError(f"{where}: knob 'task_set' {name} needs two tasks that share a label space and "
+                             f"two label spaces among the study's tasks; label spaces: {spaces}")
+        size = min(len(largest), len(groups))
+        chosen = largest if name == "shared_labels" else [tasks[0] for tasks in groups.values()]
+        return tuple(chosen[:size])
+
+    def tasks_of_every_trial(self, task_sets: "tuple[str, ...] | list[str]") -> list[str]:
+        """The study's tasks that a trial trains on whichever of ``task_sets`` it draws."""
+        chosen = [set(self.task_set(name, "space")) for name in task_sets]
+        return [task for task in self.tasks if all(task in tasks for tasks in chosen)]
 
     def resolved_backbone(self) -> str:
         """The path or id to hand to ``from_pretrained``."""

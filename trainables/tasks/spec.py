@@ -38,6 +38,9 @@ class TaskSpec:
     metrics: tuple[str, ...] = field(metadata={"help": "Every metric computed, names from trainables.tasks.metrics."})
     main_metric: str = field(metadata={"help": "The metric averaged into a study's score."})
     family: str = field(metadata={"help": "offline, glue or atomic: where the data comes from."})
+    label_space: str | None = field(default=None, metadata={
+        "help": "What the labels mean: tasks with the same label space share labels (sentiment on "
+                "different corpora); None: a label space of its own (F16, knob task_set)."})
 
     def __post_init__(self) -> None:
         # A malformed spec is a programming error in the catalogue, caught at import.
@@ -53,6 +56,11 @@ class TaskSpec:
             raise ValueError(f"task {self.name}: regression needs 2 anchor texts and a value range")
         if self.kind == "generation" and (self.label_texts or self.target_texts or self.value_range):
             raise ValueError(f"task {self.name}: generation tasks have no label texts or range")
+
+    @property
+    def labels(self) -> str:
+        """The task's label space: its declared one, else its own name (shared with no other task)."""
+        return self.label_space or self.name
 
     @property
     def num_labels(self) -> int:
@@ -91,6 +99,14 @@ def get_task(name: "str | TaskSpec", where: str = "task") -> TaskSpec:
         raise InputError(f"{where}: unknown task {name!r}{did_you_mean(name, _REGISTRY)}; "
                          f"allowed tasks: {format_choices(_REGISTRY)}")
     return entry.spec
+
+
+def label_groups(tasks: "list[str] | tuple[str, ...]") -> dict[str, list[str]]:
+    """The tasks grouped by label space, groups and tasks in the order given."""
+    groups: dict[str, list[str]] = {}
+    for name in tasks:
+        groups.setdefault(get_task(name).labels, []).append(name)
+    return groups
 
 
 def get_source(task: "str | TaskSpec") -> "DataSource":
