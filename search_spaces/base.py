@@ -217,6 +217,24 @@ class SearchSpace(ABC):
                          f"({product - self.grid_size()} duplicate runs skipped)")
         return (["inert knobs:"] + lines) if lines else []
 
+    def conditional_knobs(self) -> dict[str, str]:
+        """Searched knobs that some configuration of this space does not suggest -> their condition.
+
+        Exact over the values the condition reads (choices, range ends, the default of a read
+        knob that is itself conditional), as :meth:`check` does for fixed knobs.
+        """
+        constants, found = self.constants(), {}
+        for name, param in self.parameters().items():
+            readers = sorted(param.reads)
+            for combo in itertools.product(*(self._possible(k) for k in readers)):
+                if not param.active({**constants, **dict(zip(readers, combo))}):
+                    applies = KNOBS[name].applies
+                    conds = ([applies.text] if applies is not None else []) + [
+                        f"{k} in [{format_choices(v)}]" for k, v in param.when.items()]
+                    found[name] = " and ".join(conds)
+                    break
+        return found
+
     def check_setup(self, setup: Any, where: str = "space") -> None:
         """Checks that need the study's setup: the longest prompt the space can compose plus
         max_length fits the backbone, and num_selected fits task-owned sources (one per task)."""
