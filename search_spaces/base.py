@@ -140,9 +140,12 @@ class SearchSpace(ABC):
 
     def suggestion_order(self) -> list[Param]:
         """The params with every knob a condition reads before the knob it guards."""
-        params = self.parameters()
-        graph = TopologicalSorter({name: [k for k in p.reads if k in params] for name, p in params.items()})
-        return [params[name] for name in graph.static_order()]
+        # Computed once per space (a space's params never change): designs draw thousands of trials.
+        if "_suggestion_order" not in self.__dict__:
+            params = self.parameters()
+            graph = TopologicalSorter({name: [k for k in p.reads if k in params] for name, p in params.items()})
+            self._suggestion_order = [params[name] for name in graph.static_order()]
+        return list(self._suggestion_order)
 
     def define_by_run(self, trial: optuna.Trial) -> dict[str, Any] | None:
         """Suggest every knob that applies on ``trial``; return the constants (Ray merges them)."""
