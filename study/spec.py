@@ -410,7 +410,8 @@ def _algorithm(given: StudyFile, space: SearchSpace) -> SearchAlgorithm:
     """The search algorithm of the spec, built (a design computes its trials here, before any runs)."""
     chosen = get_algorithm(given.search.algorithm)
     for key in sorted(given.search.model_fields_set - {"algorithm", "seed"}):
-        if key not in chosen.reads:
+        # A resolved spec (study.yaml) lists every key at its default: only a changed one is misplaced.
+        if key not in chosen.reads and getattr(given.search, key) != Search.model_fields[key].default:
             readers = [n for n in SEARCH_ALGORITHMS if key in get_algorithm(n).reads]
             raise InputError(f"key 'search.{key}': read by algorithm {' and '.join(readers)} only, not "
                              f"{chosen.name}")
