@@ -21,7 +21,7 @@ fewer studies and a lower ceiling: a cost above it prints as ">N"). Last line:
 ``verdict_cost_ratio=<trials of the best design / trials of random>`` (a ">"-bounded random
 cost makes the ratio an upper bound, said on the line before).
 
-    python bench/verdict_cost.py [--reps 20] [--tpe-reps 4] [--quick]
+    python bench/verdict_cost.py [--reps 12] [--tpe-reps 3] [--quick]
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ from routed_study.search_spaces import get_space  # noqa: E402
 from routed_study.study.designs import Pairs  # noqa: E402
 from routed_study.trainables.results import DESIGN_FLIP_KEY, DESIGN_SIDE_KEY, DESIGN_BASE_KEY  # noqa: E402
 from tests.design_simulator import (ClaimMasks, Noise, PlantedSurface, correct_verdict, design_frame,  # noqa: E402
-                                    random_frame, sobol_frame)
+                                    draw_frame, random_frame)
 
 ALPHA, MIN_TRIALS, N_BOOT = 0.05, 5, 1000
 
@@ -83,19 +83,41 @@ def tpe_study(space, surface, n, seed, rng):
     return pd.DataFrame(rows, columns=names).astype(object), np.array(scores)
 
 
-def sampled_cost(name, frames, surface, correct, budgets, power, rng):
-    """(cost or None, rates at the largest budget) of a sampled design from its studies' frames."""
+class GrowingStudy:
+    """One sampled study, drawn further only as far as the budgets reached need (prefixes of one
+    sequence: a study of n trials is the first n of a longer one)."""
+
+    def __init__(self, draw, surface, rng):
+        self.draw, self.surface, self.rng = draw, surface, rng
+        self.y = np.zeros(0)
+        self.masks = {c.finding.id: (np.zeros(0, bool), np.zeros(0, bool)) for c in surface.claims}
+
+    def grow(self, n: int) -> None:
+        more = n - len(self.y)
+        if more <= 0:
+            return
+        frame = self.draw(more)
+        self.y = np.concatenate([self.y, self.surface.score(frame, np.zeros(more), self.rng)])
+        for c in self.surface.claims:
+            a, b = c.masks(frame)
+            old_a, old_b = self.masks[c.finding.id]
+            self.masks[c.finding.id] = (np.concatenate([old_a, a]), np.concatenate([old_b, b]))
+
+
+def sampled_cost(studies, surface, correct, budgets, power, rng):
+    """(cost or None, correct rates per claim at the last budget tried): budgets are tried in
+    order until every claim is decided correctly in ``power`` of the studies."""
     claims = surface.claims
-    hits = np.zeros((len(budgets), len(claims)))
-    for frame, y in frames:
-        masks = {c.finding.id: c.masks(frame) for c in claims}
-        for i, n in enumerate(budgets):
-            if n > len(frame):
-                continue
-            got = sampled_verdicts(claims, masks, y, n, rng)
-            hits[i] += [got[c.finding.id] == correct[c.finding.id] for c in claims]
-    rates = hits / len(frames)
-    return _first_decided(budgets, rates, power), rates
+    for n in budgets:
+        hits = np.zeros(len(claims))
+        for study in studies:
+            study.grow(n)
+            got = sampled_verdicts(claims, study.masks, study.y, n, rng)
+            hits += [got[c.finding.id] == correct[c.finding.id] for c in claims]
+        rates = hits / len(studies)
+        if rates.min() >= power:
+            return n, rates
+    return None, rates
 
 
 def _first_decided(budgets, rates, power):
@@ -125,17 +147,17 @@ def pairs_cost(space, findings, surface, correct, bases_grid, reps, power, rng):
                 row = paired_claim(f, kept, "score", alpha=ALPHA, n_boot=N_BOOT, rng=rng)
                 hits[i, j] += row["verdict"] == correct[f.id]
     rates, sizes = hits / reps, sizes / reps
-    for size, row in zip(sizes, rates):
+    for bases, size, row in zip(bases_grid, sizes, rates):
         if row.min() >= power:
-            return int(round(size)), rates, sizes
-    return None, rates, sizes
+            return int(round(size)), row, bases
+    return None, rates[-1], int(sizes[-1])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--reps", type=int, default=20, help="simulated studies per design and budget")
-    parser.add_argument("--tpe-reps", type=int, default=4)
-    parser.add_argument("--tpe-max", type=int, default=512)
+    parser.add_argument("--reps", type=int, default=12, help="simulated studies per design and budget")
+    parser.add_argument("--tpe-reps", type=int, default=3)
+    parser.add_argument("--tpe-max", type=int, default=362)
     parser.add_argument("--power", type=float, default=0.8)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="few studies, low ceilings (a smoke run)")
@@ -156,28 +178,41 @@ def main() -> None:
     costs, lines = {}, []
 
     def show(name, cost, rates, budget_list, note=""):
-        worst = {c.finding.id: r for c, r in zip(surface.claims, rates[-1])}
+        worst = {c.finding.id: r for c, r in zip(surface.claims, rates)}
         hardest = min(worst, key=worst.get)
         text = f"{cost}" if cost is not None else f">{budget_list[-1]}"
-        lines.append(f"{name:>7}: {text:>7} trials{note}; hardest claim at the ceiling: {hardest} "
-                     f"({worst[hardest]:.0%} correct)")
+        lines.append(f"{name:>7}: {text:>7} trials{note}; hardest claim there: {hardest} "
+                     f"({worst[hardest]:.0%} of studies correct)")
         print(lines[-1], flush=True)
 
-    for name, draw in (("random", lambda r: random_frame(space, top, np.random.default_rng(r))),
-                       ("qmc", lambda r: sobol_frame(space, top, r))):
-        frames = []
-        for r in range(reps):
-            frame = draw(10_000 * (name == "qmc") + r)
-            frames.append((frame, surface.score(frame, np.zeros(len(frame)), rng)))
-        costs[name], rates = sampled_cost(name, frames, surface, correct, budgets, args.power, rng)
+    def random_draw(r):
+        generator = np.random.default_rng(r)
+        return lambda n: random_frame(space, n, generator)
+
+    def sobol_draw(r):
+        from scipy.stats import qmc
+
+        engine = qmc.Sobol(d=len(space.parameters()), scramble=True, seed=r)
+        return lambda n: draw_frame(space, engine.random(n))  # the sequence continues where it stopped
+
+    for name, draw in (("random", random_draw), ("qmc", sobol_draw)):
+        studies = [GrowingStudy(draw(10_000 * (name == "qmc") + r), surface, rng) for r in range(reps)]
+        costs[name], rates = sampled_cost(studies, surface, correct, budgets, args.power, rng)
         show(name, costs[name], rates, budgets)
     tpe_budgets = [n for n in budgets if n <= tpe_max]
-    frames = [tpe_study(space, surface, tpe_budgets[-1], r, rng) for r in range(tpe_reps)]
-    costs["tpe"], rates = sampled_cost("tpe", frames, surface, correct, tpe_budgets, args.power, rng)
+    tpe_runs = [tpe_study(space, surface, tpe_budgets[-1], r, rng) for r in range(tpe_reps)]
+    studies = []
+    for frame, y in tpe_runs:
+        study = GrowingStudy(None, surface, rng)
+        study.y = y
+        study.masks = {c.finding.id: c.masks(frame) for c in surface.claims}
+        studies.append(study)
+    costs["tpe"], rates = sampled_cost(studies, surface, correct, tpe_budgets, args.power, rng)
     show("tpe", costs["tpe"], rates, tpe_budgets, f" ({tpe_reps} studies)")
     bases_grid = [4, 6, 8, 12, 16, 24, 32] if args.quick else [4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128]
-    costs["pairs"], rates, sizes = pairs_cost(space, findings, surface, correct, bases_grid, reps, args.power, rng)
-    show("pairs", costs["pairs"], rates, [int(sizes[-1])], f" (bases {bases_grid[-1]} at most)")
+    costs["pairs"], rates, bases = pairs_cost(space, findings, surface, correct, bases_grid, reps, args.power, rng)
+    show("pairs", costs["pairs"], rates, [bases], f" (search.bases {bases})" if costs["pairs"] else
+         f" (search.bases {bases_grid[-1]} at most)")
     print(f"wall time {time.monotonic() - start:.0f}s")
     designs = {k: v for k, v in costs.items() if k != "random" and v is not None}
     best = min(designs, key=designs.get) if designs else None
