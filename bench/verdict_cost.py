@@ -44,7 +44,7 @@ from routed_study.analysis.findings import load_findings, mean_diff_interval  # 
 from routed_study.search_spaces import get_space  # noqa: E402
 from routed_study.study.designs import Pairs  # noqa: E402
 from routed_study.trainables.results import DESIGN_FLIP_KEY, DESIGN_SIDE_KEY, DESIGN_BASE_KEY  # noqa: E402
-from tests.design_simulator import (ClaimMasks, Noise, PlantedSurface, correct_verdict, design_frame,  # noqa: E402
+from tests.design_simulator import (Noise, PlantedSurface, correct_verdict, design_frame,  # noqa: E402
                                     draw_frame, random_frame)
 
 ALPHA, MIN_TRIALS, N_BOOT = 0.05, 5, 1000

@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from routed_study.search_spaces.base import SearchSpace
-from routed_study.study.designs import Side, _constant_meets, _label, _scale, discrete_values
+from routed_study.study.designs import Side, _constant_meets, _label, discrete_values
 from routed_study.trainables.routed_prompt.config import KNOBS
 
 BINS = 4

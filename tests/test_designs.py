@@ -7,7 +7,6 @@ import json
 import math
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -25,7 +24,7 @@ from routed_study.study import cli
 from routed_study.study.designs import FullSpaceQMCSampler, Pairs, Screening
 from routed_study.study.spec import StudySpec, json_schema
 from routed_study.trainables.errors import InputError
-from routed_study.trainables.results import (DESIGN_BASE_KEY, DESIGN_DELTA_KEY, DESIGN_FLIP_KEY, DESIGN_KEY,
+from routed_study.trainables.results import (DESIGN_BASE_KEY, DESIGN_DELTA_KEY, DESIGN_FLIP_KEY,
                                              DESIGN_KEYS, DESIGN_POINT_KEY, DESIGN_SIDE_KEY)
 
 REPO = Path(__file__).resolve().parents[1]
