@@ -64,7 +64,7 @@ def test_no_effect_is_rarely_called_an_effect():
 
 
 def test_a_planted_effect_is_found():
-    found = verdicts(claim("greater"), bases=12, seeds=2, effect=1.5, diff_sd=2.0)
+    found = verdicts(claim("greater"), bases=12, seeds=2, effect=2.0, diff_sd=2.0)
     assert rate(found, "supported") >= 0.8 and rate(found, "contradicted") == 0
 
 
