@@ -161,17 +161,20 @@ def main() -> None:
     parser.add_argument("--power", type=float, default=0.8)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="few studies, low ceilings (a smoke run)")
+    for name, value in Noise().__dict__.items():  # e.g. --seed-sd from a pilot's measured spread over seeds
+        parser.add_argument(f"--{name.replace('_', '-')}", type=float, default=value)
     args = parser.parse_args()
     reps, tpe_reps, tpe_max = (4, 1, 64) if args.quick else (args.reps, args.tpe_reps, args.tpe_max)
     start = time.monotonic()
     space = get_space("findings")
     findings = [f for f in load_findings() if f.kind == "compare"]
-    surface = PlantedSurface(space, findings, noise=Noise(), seed=args.seed)
+    noise = Noise(**{name: getattr(args, name) for name in Noise().__dict__})
+    surface = PlantedSurface(space, findings, noise=noise, seed=args.seed)
     truth = surface.truth(n=50_000 if args.quick else 200_000, seed=args.seed + 1)
     correct = {f.id: correct_verdict(f, truth[f.id]) for f in findings}
     print(f"planted claims (population difference a - b; the verdict a study should reach): "
           + ", ".join(f"{k} {v:+.2f} {correct[k]}" for k, v in truth.items()))
-    print(f"noise: {Noise()}; {reps} studies per design and budget (tpe {tpe_reps}); power {args.power:.0%}")
+    print(f"noise: {noise}; {reps} studies per design and budget (tpe {tpe_reps}); power {args.power:.0%}")
     rng = np.random.default_rng(args.seed)
     top = 4096 if args.quick else 65536
     budgets = [int(64 * 2 ** (k / 2)) for k in range(0, 40) if 64 * 2 ** (k / 2) <= top]
