@@ -342,3 +342,26 @@ def test_killed_designed_study_resumes_without_loss_or_duplicates(tmp_path):
     counts["finished_before_kill"] = len(done)
     print("designed kill-and-resume counts:", json.dumps(counts))
     assert counts["finished_before_kill"] < counts["requested"]
+
+
+def test_qmc_study_is_sampled_and_named(tmp_path, local_ray):
+    from routed_study.analysis.designs import design_of
+    from routed_study.analysis.loading import load_trials
+    from routed_study.study.runner import run_study
+    from routed_study.study.tracking import DESIGN_TAGS
+    from tests.sleep_trainable import make_sleep_trainable
+
+    raw = design_spec_raw(tmp_path, "qmc-study")
+    raw["search"] = {"algorithm": "qmc", "seed": 1}
+    raw["space"]["fixed"]["epochs"] = 1
+    raw["trials"] = {"num": 4, "concurrency": 2}
+    spec = StudySpec.from_dict(raw)
+    outcome = run_study(spec, trainable=make_sleep_trainable(0.05))
+    assert (outcome.num_trials, outcome.completed) == (4, 4)
+    assert design_of(load_trials(str(spec.study_dir)).frame).name == "qmc"
+    _, optuna_trials, children = records(spec)
+    assert {r.data.tags[DESIGN_TAGS[DESIGN_KEYS[0]]] for r in children} == {"qmc"}
+    # Sobol from the first trial on: 4 points put one learning rate in each quarter of its (log) range.
+    unit = [(math.log(t.params["learning_rate"]) - math.log(1e-3)) / (math.log(3e-1) - math.log(1e-3))
+            for t in optuna_trials]
+    assert sorted(int(u * 4) for u in unit) == [0, 1, 2, 3]
