@@ -159,6 +159,7 @@ def main() -> None:
     parser.add_argument("--tpe-reps", type=int, default=3)
     parser.add_argument("--tpe-max", type=int, default=362)
     parser.add_argument("--power", type=float, default=0.8)
+    parser.add_argument("--max-bases", type=int, default=128, help="the largest search.bases tried")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="few studies, low ceilings (a smoke run)")
     for name, value in Noise().__dict__.items():  # e.g. --seed-sd from a pilot's measured spread over seeds
@@ -212,7 +213,8 @@ def main() -> None:
         studies.append(study)
     costs["tpe"], rates = sampled_cost(studies, surface, correct, tpe_budgets, args.power, rng)
     show("tpe", costs["tpe"], rates, tpe_budgets, f" ({tpe_reps} studies)")
-    bases_grid = [4, 6, 8, 12, 16, 24, 32] if args.quick else [4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128]
+    bases_grid = [b for b in (4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
+                  if b <= (32 if args.quick else args.max_bases)]
     costs["pairs"], rates, bases = pairs_cost(space, findings, surface, correct, bases_grid, reps, args.power, rng)
     show("pairs", costs["pairs"], rates, [bases], f" (search.bases {bases})" if costs["pairs"] else
          f" (search.bases {bases_grid[-1]} at most)")
