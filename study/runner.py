@@ -96,6 +96,8 @@ class StudyOptunaSearch(OptunaSearch):
 
     def _setup_study(self, mode):
         super()._setup_study(mode)
+        if not self._design:
+            return
         # Enqueue the points not yet in the study (all of them for a new one; a driver killed
         # while enqueueing left some).
         present = {t.user_attrs.get(DESIGN_POINT_KEY) for t in self._ot_study.get_trials(deepcopy=False)}
