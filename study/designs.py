@@ -364,6 +364,7 @@ class Pairs(Designed):
 
     def __init__(self, search: Any, space: SearchSpace, repeats: int = 1):
         super().__init__(search, space, repeats)
+        self.left_out: dict[str, str] = {}   # claim id -> why this space cannot design it
         self.claims = self._claims()
         self._points: list[DesignPoint] | None = None
 
@@ -384,7 +385,21 @@ class Pairs(Designed):
             compared = [f for f in compared if f.id in self.search.claims]
         if not compared:
             raise InputError(f"key 'search.findings': {path} has no compared claim (kind compare) to design")
-        return [self._claim(f, path) for f in compared]
+        if self.search.claims is not None:
+            return [self._claim(f, path) for f in compared]
+        # Every claim of the file: those this space cannot express (a knob it does not search, a
+        # condition it never meets) are left out and said so by validate; a claim named in
+        # search.claims must be designable.
+        claims, self.left_out = [], {}
+        for f in compared:
+            try:
+                claims.append(self._claim(f, path))
+            except InputError as exc:
+                self.left_out[f.id] = str(exc).removeprefix("key 'search.findings': ")
+        if not claims:
+            raise InputError(f"key 'search.findings': no compared claim can be designed on space "
+                             f"'{self.space.name}': {'; '.join(self.left_out.values())}")
+        return claims
 
     def _claim(self, f: Any, path: Any) -> _Claim:
         params, constants = self.space.parameters(), self.space.constants()
@@ -505,6 +520,7 @@ class Pairs(Designed):
             within = ", ".join(f"{k} in {s.describe()}" for k, s in c.within.items())
             lines.append(f"    {f.id}: {f.knob} a {c.a.describe()} vs b {c.b.describe()}"
                          + (f" within {within}" if within else "") + f", {c.found} bases")
+        lines += [f"    left out: {why}" for why in self.left_out.values()]
         return lines
 
 
