@@ -529,15 +529,13 @@ def judge_compare(entry, evidence: Evidence) -> dict:
                        f"(no repeats to measure seed noise)")
     decision, chosen = decide(entry.expect, *final, margin), final
     views = ["projected final" if stops and study.hist is not None else "last reported" if stops else "final"]
-    disagree = []
+    disagree, completed, p2, speed_differs = [], None, np.nan, False
     if stops:
         done_only = np.where(study.stopped, np.nan, study.y)
         completed = estimate(with_failures(done_only))
         if completed is not None:
             p2 = float(2 * stats.t.sf(abs(completed[0]) / completed[1], completed[2]))
             views.append(f"completed only {completed[0]:+.3g} (p={p2:.3g})")
-            if p2 < evidence.alpha and np.sign(completed[0]) != np.sign(final[0]):
-                disagree.append("completed only")
     if rung is not None:
         budget = estimate(with_failures(study.score_at(rung)))
         progress = estimate(np.where(study.stopped | study.failed, np.nan, study.y - study.score_at(rung)))
@@ -547,6 +545,7 @@ def judge_compare(entry, evidence: Evidence) -> dict:
             # after it takes back: then the budget is not evidence about the final score.
             speed = progress is None or (np.sign(progress[0]) != np.sign(budget[0]) and
                                          stats.t.sf(abs(progress[0]) / progress[1], progress[2]) < SPEED_CHECK)
+            speed_differs = speed and progress is not None
             views.append(f"common budget (epoch {rung}) {budget[0]:+.3g} (p={p3:.3g})"
                          + ("" if not speed else "; not decisive: too few completed trials to see the progress "
                             "after it" if progress is None else "; not decisive: the progress after it opposes "
@@ -571,14 +570,30 @@ def judge_compare(entry, evidence: Evidence) -> dict:
         treatment.append(f"errored trials: {'worst observed score (worst rank)' if better_claim else 'left out'}; "
                          f"failure rates {fa}/{n_a} vs {fb}/{n_b} configurations (Fisher exact p={p_fail:.3g})")
     reason = [decision.reason, margin_text]
-    if disagree and decision.verdict != "inconclusive" and decision.decided_by == "difference":
-        out["verdict"] = "inconclusive"
-        reason.insert(0, f"the views disagree ({', '.join(disagree)} decides the opposite)")
+    if stops and decision.verdict != "inconclusive" and decision.decided_by == "difference":
+        # A difference needs the completed trials not to decide the opposite; a projected one also
+        # needs them to point the same way (else it rests on the extrapolation alone).
+        if completed is None:
+            disagree = ["too few completed trials to check the projection"] if chosen is final else []
+        elif p2 < evidence.alpha and np.sign(completed[0]) != np.sign(effect):
+            disagree = ["completed only decides the opposite"]
+        elif chosen is final and np.sign(completed[0]) != np.sign(effect):
+            disagree = ["completed only points the other way"]
+        if disagree:
+            out["verdict"] = "inconclusive"
+            reason.insert(0, f"the views disagree ({disagree[0]})")
+    if speed_differs and out["verdict"] != "inconclusive":
+        # Both the budget and the projection from it carry the speed difference into the verdict;
+        # the final difference of such a knob is not identified once most of its trials stopped.
+        out["verdict"], out["p_value"] = "inconclusive", np.nan   # its p is not about the final score
+        reason.insert(0, f"the knob changes learning speed (the progress after epoch {rung} opposes its effect "
+                         f"there) and {(study.stopped & rows).mean() / rows.mean():.0%} of the compared trials "
+                         f"stopped early: the final difference is not identified; trials run to the end decide it")
     if better_claim and p_fail < evidence.alpha and decision.verdict == "supported" and (
             (fa / n_a > fb / n_b) == (entry.expect == "greater")):
         out["verdict"] = "inconclusive"
         reason.insert(0, f"side {'a' if entry.expect == 'greater' else 'b'} fails more often")
-    if out["verdict"] == "inconclusive" or decision.p >= evidence.alpha:
+    if (out["verdict"] == "inconclusive" or decision.p >= evidence.alpha) and not speed_differs:
         needed = _needed(effect, se, n_a + n_b, out["n_seeds"], margin, evidence.alpha, entry.expect == "equal")
         if needed is not None:
             out["configs_needed"], out["trials_needed"] = needed
