@@ -47,7 +47,7 @@ import pandas as pd
 import pydantic
 from scipy import stats
 
-from routed_study.analysis.encoding import NA, mark_not_applicable, value_label
+from routed_study.analysis.encoding import NA, labels, mark_not_applicable, value_label
 from routed_study.analysis.findings import Entry, Evidence, FindingKind, register_kind
 from routed_study.analysis.loading import history_epochs
 from routed_study.trainables.routed_prompt.config import KNOBS
@@ -80,7 +80,7 @@ def side_mask(raw: pd.Series, side: Any, pool: pd.Series | None = None) -> pd.Se
             return (numeric >= lo) & upper
         return (numeric >= side.get("min", -np.inf)) & (numeric <= side.get("max", np.inf))
     options = side if isinstance(side, list) else [side]
-    return raw.map(value_label).isin([value_label(v) for v in options])
+    return labels(raw).isin([value_label(v) for v in options])
 
 
 def _independent(columns: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -103,10 +103,10 @@ def knob_columns(raw: pd.DataFrame, knob: str) -> dict[str, np.ndarray]:
     """Main-effect columns of one knob over rows of ``raw`` (mark_not_applicable output)."""
     values = raw[knob]
     present = values != NA
-    text = values.map(value_label)
+    text = labels(values)
     spec = KNOBS.get(knob)
     numeric = pd.to_numeric(values.where(present), errors="coerce")
-    is_number = numeric.notna() & ~values.map(lambda v: isinstance(v, (bool, np.bool_)))
+    is_number = numeric.notna() & ~values.map({v: isinstance(v, (bool, np.bool_)) for v in pd.unique(values)})
     specials = {value_label(s) for s in (spec.specials if spec is not None else ())}
     continuous = is_number & ~text.isin(specials)
     out: dict[str, np.ndarray] = {}
@@ -210,6 +210,7 @@ class StudyEffects:
     evidence: Evidence
     _projections: dict = field(default_factory=dict)
     _columns: dict = field(default_factory=dict)
+    _codings: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         ev = self.evidence
@@ -278,9 +279,14 @@ class StudyEffects:
         for other in self.evidence.extras.get("entries", ()):
             if getattr(other, "within", None) and other.id != skip and other.knob not in exclude \
                     and {other.knob, *other.within} <= knobs:
-                out.update({f"{other.id}:{k}": v for k, v in claim_coding(other, self.config_raw)[3].items()
-                            if k.endswith("|within")})
+                out.update({f"{other.id}:{k}": v for k, v in self.coding(other)[3].items() if k.endswith("|within")})
         return out
+
+    def coding(self, entry) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+        """claim_coding of an entry over the configurations, computed once per entry."""
+        if entry.id not in self._codings:
+            self._codings[entry.id] = claim_coding(entry, self.config_raw)
+        return self._codings[entry.id]
 
     def projections(self) -> tuple[np.ndarray, str]:
         """IMPUTATIONS x trials: the final score of completed trials, and of early-stopped ones a
@@ -458,7 +464,7 @@ def judge_compare(entry, evidence: Evidence) -> dict:
         if knob not in evidence.knobs:
             return {"verdict": "inconclusive", "reason": f"knob '{knob}' was never varied in this study"}
     raw = study.config_raw
-    inside, on_a, on_b, coding = claim_coding(entry, raw)
+    inside, on_a, on_b, coding = study.coding(entry)
     n_a, n_b = int((on_a & inside).sum()), int((on_b & inside).sum())
     if min(n_a, n_b) < MIN_CONFIGS:
         return {"verdict": "inconclusive", "n_a": n_a, "n_b": n_b, "n_configs": n_a + n_b,
@@ -529,15 +535,13 @@ def judge_compare(entry, evidence: Evidence) -> dict:
                        f"(no repeats to measure seed noise)")
     decision, chosen = decide(entry.expect, *final, margin), final
     views = ["projected final" if stops and study.hist is not None else "last reported" if stops else "final"]
-    disagree = []
+    disagree, completed, p2, speed_differs = [], None, np.nan, False
     if stops:
         done_only = np.where(study.stopped, np.nan, study.y)
         completed = estimate(with_failures(done_only))
         if completed is not None:
             p2 = float(2 * stats.t.sf(abs(completed[0]) / completed[1], completed[2]))
             views.append(f"completed only {completed[0]:+.3g} (p={p2:.3g})")
-            if p2 < evidence.alpha and np.sign(completed[0]) != np.sign(final[0]):
-                disagree.append("completed only")
     if rung is not None:
         budget = estimate(with_failures(study.score_at(rung)))
         progress = estimate(np.where(study.stopped | study.failed, np.nan, study.y - study.score_at(rung)))
@@ -545,12 +549,15 @@ def judge_compare(entry, evidence: Evidence) -> dict:
             p3 = float(2 * stats.t.sf(abs(budget[0]) / budget[1], budget[2]))
             # A knob that changes learning speed shows an effect at the budget that the progress
             # after it takes back: then the budget is not evidence about the final score.
-            speed = progress is None or (np.sign(progress[0]) != np.sign(budget[0]) and
-                                         stats.t.sf(abs(progress[0]) / progress[1], progress[2]) < SPEED_CHECK)
+            # The budget decides only where the progress after it points the same way (a knob that
+            # changes the final score keeps its sign as training goes on).
+            opposes = progress is not None and np.sign(progress[0]) != np.sign(budget[0])
+            speed = progress is None or opposes
+            speed_differs = opposes and stats.t.sf(abs(progress[0]) / progress[1], progress[2]) < SPEED_CHECK
             views.append(f"common budget (epoch {rung}) {budget[0]:+.3g} (p={p3:.3g})"
                          + ("" if not speed else "; not decisive: too few completed trials to see the progress "
-                            "after it" if progress is None else "; not decisive: the progress after it opposes "
-                            "(the knob changes learning speed)"))
+                            "after it" if progress is None else "; not decisive: the progress after it opposes"
+                            + (" (the knob changes learning speed)" if speed_differs else "")))
             at_budget = decide(entry.expect, *budget, margin)
             if not speed and at_budget.decided_by == "difference" and at_budget.p < decision.p:
                 decision, chosen = at_budget, budget
@@ -571,14 +578,30 @@ def judge_compare(entry, evidence: Evidence) -> dict:
         treatment.append(f"errored trials: {'worst observed score (worst rank)' if better_claim else 'left out'}; "
                          f"failure rates {fa}/{n_a} vs {fb}/{n_b} configurations (Fisher exact p={p_fail:.3g})")
     reason = [decision.reason, margin_text]
-    if disagree and decision.verdict != "inconclusive" and decision.decided_by == "difference":
-        out["verdict"] = "inconclusive"
-        reason.insert(0, f"the views disagree ({', '.join(disagree)} decides the opposite)")
+    if stops and decision.verdict != "inconclusive" and decision.decided_by == "difference":
+        # A difference needs the completed trials to point the same way (a projected one would
+        # rest on the extrapolation alone, a budget one on early scores alone).
+        if completed is None:
+            disagree = ["too few completed trials to check the projection"] if chosen is final else []
+        elif p2 < evidence.alpha and np.sign(completed[0]) != np.sign(effect):
+            disagree = ["completed only decides the opposite"]
+        elif np.sign(completed[0]) != np.sign(effect):
+            disagree = ["completed only points the other way"]
+        if disagree:
+            out["verdict"] = "inconclusive"
+            reason.insert(0, f"the views disagree ({disagree[0]})")
+    if speed_differs and out["verdict"] != "inconclusive":
+        # Both the budget and the projection from it carry the speed difference into the verdict;
+        # the final difference of such a knob is not identified once most of its trials stopped.
+        out["verdict"], out["p_value"] = "inconclusive", np.nan   # its p is not about the final score
+        reason.insert(0, f"the knob changes learning speed (the progress after epoch {rung} opposes its effect "
+                         f"there) and {(study.stopped & rows).mean() / rows.mean():.0%} of the compared trials "
+                         f"stopped early: the final difference is not identified; trials run to the end decide it")
     if better_claim and p_fail < evidence.alpha and decision.verdict == "supported" and (
             (fa / n_a > fb / n_b) == (entry.expect == "greater")):
         out["verdict"] = "inconclusive"
         reason.insert(0, f"side {'a' if entry.expect == 'greater' else 'b'} fails more often")
-    if out["verdict"] == "inconclusive" or decision.p >= evidence.alpha:
+    if (out["verdict"] == "inconclusive" or decision.p >= evidence.alpha) and not speed_differs:
         needed = _needed(effect, se, n_a + n_b, out["n_seeds"], margin, evidence.alpha, entry.expect == "equal")
         if needed is not None:
             out["configs_needed"], out["trials_needed"] = needed
