@@ -44,6 +44,22 @@ BOOKKEEPING = {"trial_id", "status", "epochs_run", "seed", "error", "trial_dir",
                "step_seconds", "gpu_peak_mib", "gpu_reserved_peak_mib"}
 
 
+#: A trial's target at one epoch is kept in column ``<target>@<epoch>`` (its per-epoch history).
+HISTORY_SEP = "@"
+
+
+def history_column(target: str, epoch: int) -> str:
+    return f"{target}{HISTORY_SEP}{int(epoch)}"
+
+
+def history_epochs(frame: pd.DataFrame, target: str) -> list[tuple[int, str]]:
+    """``(epoch, column)`` of the target's per-epoch history columns, by epoch."""
+    prefix = f"{target}{HISTORY_SEP}"
+    found = [(int(c[len(prefix):]), c) for c in frame.columns
+             if isinstance(c, str) and c.startswith(prefix) and c[len(prefix):].isdigit()]
+    return sorted(found)
+
+
 @dataclass
 class TrialTable:
     """Trials of one study as a DataFrame plus which columns are knobs and which is the target.
