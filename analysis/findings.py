@@ -211,6 +211,7 @@ class Untestable(FindingKind):
 
 def _builtin_kinds() -> None:
     """Kinds defined in their own modules register on import."""
+    from routed_study.analysis import effects, routing  # noqa: F401
 
 
 def _error_line(path: Path, entry_id: str, kind: type[FindingKind], error: pydantic.ValidationError) -> str:
@@ -293,3 +294,15 @@ def evaluate_findings(entries: list, evidence: Evidence) -> pd.DataFrame:
                   f"{evidence.alpha:g}, {CORRECTION_TEXT})", axis=1)
     table.loc[lost, "verdict"] = "inconclusive"
     return table
+
+
+def judge(source, findings=None, target: str = "score", mode: str = "max", experiment: str | None = None,
+          alpha: float = 0.05, random_state: int = 0, extras: dict | None = None) -> pd.DataFrame:
+    """The verdicts of a findings file on a study dir, CSV or MLflow URI (what ``routed-study analyze``
+    writes to findings.csv): the file is validated before the trials are read."""
+    from routed_study.analysis.loading import load_trials
+
+    entries = load_findings(findings)
+    table = load_trials(source, target=target, experiment=experiment)
+    evidence = Evidence.from_table(table, mode=mode, alpha=alpha, random_state=random_state, extras=extras or {})
+    return evaluate_findings(entries, evidence)

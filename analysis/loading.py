@@ -7,7 +7,9 @@ whose columns are knobs and metrics. Loaders are registered by name in
 
 Errored and early-stopped trials are kept and marked in the ``status`` column
 (``ok`` / ``early_stopped`` / ``error``); what each analysis does with them is
-decided later and written into the report (:data:`STATUS_TREATMENT`).
+decided later and written into the report (:data:`STATUS_TREATMENT`). Each trial's
+per-epoch history of the target is kept in columns ``<target>@<epoch>``
+(:func:`history_column`), so that trials can be compared at a common budget.
 """
 
 from __future__ import annotations
@@ -23,22 +25,25 @@ import pandas as pd
 import yaml
 
 from routed_study.trainables.errors import InputError, did_you_mean
-from routed_study.trainables.routed_prompt.config import KNOBS
+from routed_study.trainables.results import (EPOCH, REPEAT_INDEX_KEY, TIMING_METRICS, TRAINING_ITERATION,
+                                             stopped_early)
 
 #: How each trial status enters the analysis (also printed in the report).
 STATUS_TREATMENT = {
     "ok": "used as reported (final epoch)",
-    "early_stopped": "kept with the last reported value of the target (the scheduler stopped it for "
-                     "being weak, so that value is an honest low score)",
-    "error": "no target value: left out of regressions and findings, counted as 'broken' by the "
-             "good/broken classifier",
+    "early_stopped": "in claims: its score at the rung every compared trial reached, carried to the final "
+                     "budget by the regression of final on that score among the trials that went on "
+                     "(the completed-only view is shown beside it); elsewhere its last reported value",
+    "error": "no target value: a failure; claims compare failure rates (Fisher exact) and, where a claim "
+             "is about 'better', give it the worst observed score (worst rank); counted as 'broken' by "
+             "the good/broken classifier",
 }
 
 #: Result columns that are metrics or bookkeeping, never knobs.
 METRIC_PREFIXES = ("val/", "test/", "train/", "best/")
 BOOKKEEPING = {"trial_id", "status", "epochs_run", "seed", "error", "trial_dir",
-               "score", "test_score", "train_loss", "tau", "epoch", "step", "training_iteration",
-               "time_this_iter_s", "time_total_s", "timestamp", "done", "date", "pid", "hostname",
+               "score", "test_score", "train_loss", "tau", EPOCH, "step", TRAINING_ITERATION,
+               *TIMING_METRICS, "timestamp", "done", "date", "pid", "hostname",
                "node_ip", "time_since_restore", "iterations_since_restore", "checkpoint_dir_name",
                "experiment_tag", "run_id", "start_time", "end_time",
                "step_seconds", "gpu_peak_mib", "gpu_reserved_peak_mib"}
@@ -139,17 +144,22 @@ class Loader(ABC):
 def _status(config: dict, last: dict, errored: bool) -> str:
     if errored:
         return "error"
-    # A study's trials train the knob's default number of epochs unless the config says otherwise.
-    planned = config.get("epochs", KNOBS["epochs"].default)
-    done = last.get("epoch", last.get("training_iteration"))
-    if planned is not None and done is not None and done < planned:
-        return "early_stopped"
-    return "ok"
+    return "early_stopped" if stopped_early(config, last) else "ok"
 
 
 def _seed(config: dict) -> float:
     # Ray's Repeater adds the repeat index to the configured seed (trainable contract).
-    return float(config.get("seed", 0)) + float(config.get("__trial_index__", 0))
+    return float(config.get("seed", 0)) + float(config.get(REPEAT_INDEX_KEY, 0))
+
+
+def _history(results: list[dict], target: str) -> dict[str, float]:
+    """``{<target>@<epoch>: value}`` of a trial's results (its epoch, else Ray's iteration count)."""
+    out = {}
+    for r in results:
+        value, epoch = r.get(target), r.get(EPOCH, r.get(TRAINING_ITERATION))
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and isinstance(epoch, (int, float)):
+            out[history_column(target, epoch)] = float(value)
+    return out
 
 
 class StudyDirLoader(Loader):
@@ -177,11 +187,11 @@ class StudyDirLoader(Loader):
             errored = (trial_dir / "error.txt").is_file()
             row = {f"config/{k}": v for k, v in config.items()}
             row.update({k: v for k, v in last.items() if isinstance(v, (int, float, str, bool)) and k != "config"})
-            history = [r[target] for r in results if isinstance(r.get(target), (int, float))]
+            history = _history(results, target)
             row.update(trial_id=trial_dir.name, trial_dir=str(trial_dir),
                        status=_status(config, last, errored),
                        epochs_run=len(results), seed=_seed(config),
-                       **{f"best_{target}": max(history) if history else np.nan})
+                       **{f"best_{target}": max(history.values()) if history else np.nan}, **history)
             if errored:
                 row["error"] = (trial_dir / "error.txt").read_text().strip().splitlines()[-1][:200]
             rows.append(row)
@@ -207,22 +217,32 @@ class CsvLoader(Loader):
             # Unprefixed: every column that is not a known metric or bookkeeping column is a
             # knob (prefix knobs with 'config/' to keep other metric columns out).
             knob_cols = [c for c in frame.columns if c != target and c not in BOOKKEEPING
-                         and not c.startswith(METRIC_PREFIXES) and not c.startswith("best_")]
+                         and not c.startswith(METRIC_PREFIXES) and not c.startswith("best_")
+                         and HISTORY_SEP not in c]
             frame = frame.rename(columns={c: f"config/{c}" for c in knob_cols})
         frame = frame.rename(columns={"trial_status": "status"})
-        if "status" not in frame:
-            frame["status"] = "ok"
-        frame["status"] = frame["status"].fillna("ok").astype(str).str.lower().replace(
+        # Where a row gives no status, it is early-stopped by the same rule as a study's trials
+        # (its last reported epoch comes before its planned epochs).
+        configs = frame[[c for c in frame.columns if c.startswith("config/")]].rename(
+            columns=lambda c: c[len("config/"):]).to_dict("records")
+        inferred = ["early_stopped" if stopped_early({k: v for k, v in c.items() if pd.notna(v)}, last) else "ok"
+                    for c, last in zip(configs, frame.to_dict("records"))]
+        given = frame["status"] if "status" in frame else pd.Series(np.nan, index=frame.index)
+        frame["status"] = given.where(given.notna(), pd.Series(inferred, index=frame.index)).astype(str).str.lower()
+        frame["status"] = frame["status"].replace(
             {"terminated": "ok", "finished": "ok", "errored": "error", "failed": "error",
              "pruned": "early_stopped"})
         if "seed" not in frame:
             frame["seed"] = frame["config/seed"] if "config/seed" in frame else 0
         if "trial_id" not in frame:
             frame["trial_id"] = [f"row_{i + 2}" for i in range(len(frame))]  # CSV line numbers
+        history = [c for _, c in history_epochs(frame, target)]
         if "epochs_run" not in frame:
-            frame["epochs_run"] = frame.get("epoch", frame.get("training_iteration", np.nan))
+            frame["epochs_run"] = frame.get(EPOCH, frame.get(TRAINING_ITERATION, np.nan))
+            if history:
+                frame["epochs_run"] = frame["epochs_run"].fillna(frame[history].notna().sum(axis=1))
         if target in frame and f"best_{target}" not in frame:
-            frame[f"best_{target}"] = frame[target]
+            frame[f"best_{target}"] = frame[history].max(axis=1) if history else frame[target]
         return _finish(frame.to_dict("records"), target, source, [f"{len(frame)} rows read from {source}"])
 
 
@@ -258,14 +278,15 @@ class MlflowLoader(Loader):
         for run in runs:
             config = {k: _parse_value(v) for k, v in run.data.params.items()}
             metrics = dict(run.data.metrics)
-            history = [m.value for m in client.get_metric_history(run.info.run_id, target)] \
-                if target in metrics else []
+            steps = client.get_metric_history(run.info.run_id, target) if target in metrics else []
+            history = {history_column(target, m.step): m.value for m in steps}
             failed = run.info.status == "FAILED"
             row = {f"config/{k}": v for k, v in config.items()}
             row.update(metrics)
             row.update(trial_id=run.data.tags.get("trial_name", run.info.run_id), run_id=run.info.run_id,
                        status=_status(config, metrics, failed), epochs_run=len(history) or np.nan,
-                       seed=_seed(config), **{f"best_{target}": max(history) if history else np.nan})
+                       seed=_seed(config), **{f"best_{target}": max(history.values()) if history else np.nan},
+                       **history)
             rows.append(row)
         if not rows:
             raise InputError(f"{source}: experiment '{chosen.name}' has no runs")
