@@ -13,8 +13,8 @@ report lists it. A researcher's own method is a class in their own module with t
 same decorator, imported through ``plugins``.
 
 Repeats: the seeds of one configuration are one cluster everywhere here: folds are
-grouped by configuration, permutations move whole configurations, and intervals
-resample configurations.
+grouped by configuration (no configuration is in a fold's training and test rows),
+permutations move whole configurations, subsamples keep or drop whole configurations.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from typing import ClassVar
 
 import numpy as np
 import pandas as pd
-from scipy.stats import norm
+from scipy.stats import t as student_t
 from sklearn.base import BaseEstimator, clone
 from sklearn.ensemble import RandomForestRegressor
 from sklearn.model_selection import GridSearchCV, GroupKFold, StratifiedGroupKFold
@@ -153,25 +153,26 @@ class ForestImportance(FactorImportance):
     configurations (``n_repeats`` times); a knob's importance is the mean rise in held-out
     squared error over the configurations, as a share of the target's variance (drop in R^2).
     Its null reference: a knob the surrogate cannot use to predict unseen configurations has
-    mean rise 0; the one-sided p-value tests mean > 0 over configurations (normal, with the
-    configuration-level standard error), Holm-adjusted across knobs. Verdict: "matters"
+    mean rise 0; the one-sided p-value tests mean > 0 across the folds (t with cv - 1 degrees
+    of freedom; each fold has its own model), Holm-adjusted across knobs. Verdict: "matters"
     where the adjusted p < ``alpha``, "does not matter" where the upper end of the
     ``1 - alpha`` interval is below ``negligible``, else "cannot tell". Knobs with
     importance <= 0 are unranked.
 
-    The held-out fit (``cv_score_``: grouped-CV R^2, with ``cv_low_``, ``cv_p_``, the p of
-    "the surrogate predicts unseen configurations better than their mean") gates any use of
-    its ranking. ``draws_``: configuration-bootstrap draws (rows) of every knob's importance,
-    for rank probabilities (:mod:`analysis.ranking`).
+    The held-out fit (``cv_score_``: grouped-CV R^2, and ``cv_p_``: the one-sided p, across
+    folds, of "the surrogate predicts unseen configurations no better than their mean") gates
+    any use of its ranking. ``draws_``: joint draws (rows) of every knob's importance from the
+    folds' spread and covariance (multivariate t, ``n_boot`` of them), for rank probabilities
+    (:mod:`analysis.ranking`). Intervals are t intervals over the folds.
 
     Parameters: n_estimators, min_samples_leaf, max_features (the forest); cv (folds);
-    n_repeats (permutations per knob and fold); n_boot (bootstrap draws of configurations);
+    n_repeats (permutations per knob and fold); n_boot (draws for rank probabilities);
     max_trials (rows used: whole configurations drawn at random above it; stated in the report);
     alpha; negligible (share of variance below which a knob "does not matter").
     """
 
     def __init__(self, n_estimators: int = 30, min_samples_leaf: int = 3, max_features: float = 0.5,
-                 cv: int = 5, n_repeats: int = 2, n_boot: int = 400, max_trials: int = 1500,
+                 cv: int = 10, n_repeats: int = 2, n_boot: int = 400, max_trials: int = 1500,
                  alpha: float = 0.05, negligible: float = 0.01, random_state: int = 0):
         self.n_estimators = n_estimators
         self.min_samples_leaf = min_samples_leaf
@@ -201,11 +202,13 @@ class ForestImportance(FactorImportance):
         base_loss = np.zeros(n_configs)
         mean_loss = np.zeros(n_configs)
         rise = np.zeros((n_configs, len(knobs)))
+        fold_of = np.zeros(n_configs, int)
         self.estimators_ = []
-        for train, test in GroupKFold(self.cv).split(X, y, clusters):
+        for fold, (train, test) in enumerate(GroupKFold(self.cv).split(X, y, clusters)):
             model = clone(forest).fit(X[train], y[train])
             self.estimators_.append(model)
             Xt, yt, ct = X[test], y[test], clusters[test]
+            fold_of[ct] = fold
             base = (model.predict(Xt) - yt) ** 2
             np.add.at(base_loss, ct, base)
             np.add.at(mean_loss, ct, (y[train].mean() - yt) ** 2)
@@ -228,16 +231,24 @@ class ForestImportance(FactorImportance):
         self.cv_score_ = 1 - base_loss.sum() / mean_loss.sum()
         gain = (mean_loss - base_loss) / scale  # per configuration: its part of the held-out R^2
         share = rise / scale
-        boot = rng.integers(0, n_configs, (self.n_boot, n_configs))
-        counts = np.apply_along_axis(np.bincount, 1, boot, minlength=n_configs)  # draws x configs
-        self.draws_ = pd.DataFrame(counts @ share, columns=knobs)
-        gain_draws = counts @ gain
-        z = norm.ppf(1 - self.alpha / 2)
+        # Tests across folds: each fold has its own model, so the spread of the fold estimates holds
+        # the surrogate's fit-to-fit variation as well as the configurations' (a per-configuration
+        # standard error misses the first and calls noise knobs important).
+        fold_share = np.array([share[fold_of == f].mean(0) for f in range(self.cv)]) * n_configs
+        fold_gain = np.array([gain[fold_of == f].mean() for f in range(self.cv)]) * n_configs
         importance = pd.Series(share.sum(0), index=knobs)
-        se = pd.Series(share.std(0, ddof=1) * np.sqrt(n_configs), index=knobs)
-        p = pd.Series(norm.sf(importance / se.where(se > 0)), index=knobs).fillna(1.0)
-        self.cv_low_ = float(np.quantile(gain_draws, self.alpha / 2))
-        self.cv_p_ = float(norm.sf(gain.sum() / max(gain.std(ddof=1) * np.sqrt(n_configs), 1e-300)))
+        se = pd.Series(fold_share.std(0, ddof=1) / np.sqrt(self.cv), index=knobs)
+        p = pd.Series(student_t.sf(importance / se.where(se > 0), self.cv - 1), index=knobs).fillna(1.0)
+        # Joint draws of every knob's importance for rank probabilities: multivariate t with the
+        # folds' covariance (the same spread as the per-knob tests above).
+        cov = np.atleast_2d(np.cov(fold_share.T, ddof=1)) / self.cv
+        normal = rng.multivariate_normal(np.zeros(len(knobs)), cov, self.n_boot, method="eigh",
+                                         check_valid="ignore")
+        scale_t = np.sqrt((self.cv - 1) / rng.chisquare(self.cv - 1, self.n_boot))[:, None]
+        self.draws_ = pd.DataFrame(importance.to_numpy() + normal * scale_t, columns=knobs)
+        self.cv_p_ = float(student_t.sf(fold_gain.mean() / max(fold_gain.std(ddof=1) / np.sqrt(self.cv), 1e-300),
+                                        self.cv - 1))
+        z = student_t.ppf(1 - self.alpha / 2, self.cv - 1)
         p_adjusted = holm(p)
         low, high = importance - z * se, importance + z * se
         verdict = np.where(p_adjusted < self.alpha, MATTERS,

@@ -27,6 +27,7 @@ from routed_study.analysis.importance import METHODS, Design
 from routed_study.analysis.interactions import pair_strengths
 from routed_study.analysis.loading import STATUS_TREATMENT, load_trials
 from routed_study.analysis.ranking import EXTRAS_KEY
+from routed_study.analysis.routing import router_asymmetry
 from routed_study.trainables.errors import InputError, format_choices
 from routed_study.trainables.plugins import load_plugins
 
@@ -197,6 +198,7 @@ def router_section(best: pd.DataFrame, target: str, top: int = 3) -> dict:
         return {"why": "No trial folders in this source: router matrices are only read from a study directory.",
                 "trials": []}
     trials = []
+    asymmetry = router_asymmetry(best.head(top)).set_index("trial_id")
     for _, row in best.head(top).iterrows():
         entry = {"trial_id": str(row["trial_id"]), "score": f"{target} = {row[target]:.4g}", "chart": None,
                  "lines": []}
@@ -216,6 +218,9 @@ def router_section(best: pd.DataFrame, target: str, top: int = 3) -> dict:
             strongest = matrix.idxmax(axis=1)  # the sigmoid is monotone: the largest logit is the strongest
             entry["lines"].append("Strongest candidate per task: " + ", ".join(
                 f"{t} -> {c}" for t, c in strongest.items()))
+        mine = asymmetry.loc[row["trial_id"]]
+        entry["lines"].append(f"Asymmetry of task-to-task use (F17): {mine['asymmetry']:.3f} (0 = symmetric, "
+                              f"1 = one-way)" if mine["usable"] else f"No F17 asymmetry: {mine['why']}.")
         trials.append(entry)
     return {"why": "" if trials else "No trials with a target value.", "trials": trials}
 
