@@ -74,19 +74,23 @@ def rates(verdicts: list[str]) -> dict[str, float]:
     return {v: verdicts.count(v) / len(verdicts) for v in ("supported", "contradicted", "inconclusive")}
 
 
-N_STUDIES = 20
+N_STUDIES = 15
+
+
+def scenario(name: str, offset: int, effects: dict, factors=F1) -> dict[str, float]:
+    out = rates([verdict(ranking_study(offset + s, effects), factors)["verdict"] for s in range(N_STUDIES)])
+    print(name, out, flush=True)
+    return out
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)
 def test_true_ranking_supported_false_contradicted_noise_inconclusive():
-    true = rates([verdict(ranking_study(s, TRUE_EFFECTS))["verdict"] for s in range(N_STUDIES)])
+    true = scenario("true", 0, TRUE_EFFECTS)
     # The claim read backwards (anneal_dir first) and a claim that puts a noise knob first.
-    backwards = rates([verdict(ranking_study(100 + s, TRUE_EFFECTS), F1[::-1])["verdict"]
-                       for s in range(N_STUDIES)])
-    noise_first = rates([verdict(ranking_study(200 + s, TRUE_EFFECTS),
-                                 ("learning_rate", *F1[:3]))["verdict"] for s in range(N_STUDIES)])
-    noise = rates([verdict(ranking_study(300 + s, {}))["verdict"] for s in range(N_STUDIES)])
-    print({"true": true, "backwards": backwards, "noise_first": noise_first, "noise": noise})
+    backwards = scenario("backwards", 100, TRUE_EFFECTS, F1[::-1])
+    noise_first = scenario("noise_first", 200, TRUE_EFFECTS, ("learning_rate", *F1[:3]))
+    noise = scenario("noise", 300, {})
     assert true["supported"] >= 0.8 and true["contradicted"] == 0
     assert backwards["contradicted"] >= 0.8 and backwards["supported"] == 0
     assert noise_first["contradicted"] >= 0.8 and noise_first["supported"] == 0
