@@ -14,9 +14,9 @@ import pandas as pd  # noqa: E402
 from sklearn.tree import plot_tree  # noqa: E402
 
 
-def to_data_uri(fig) -> str:
+def to_data_uri(fig, dpi: int = 60) -> str:
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=60, bbox_inches="tight")
+    fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
     plt.close(fig)
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
@@ -48,7 +48,7 @@ def importance_chart(table: pd.DataFrame, top: int = 12) -> str:
     ax.axvline(0, color="black", linewidth=0.6)
     ax.set_xlabel("importance, scaled to each method's largest (bars: intervals where the method has one)")
     ax.legend(loc="lower right", fontsize=8)
-    return to_data_uri(fig)
+    return to_data_uri(fig, dpi=90)  # the page's main chart
 
 
 def tree_chart(estimator, feature_names: list[str], max_depth: int = 3) -> str:
