@@ -56,6 +56,15 @@ class Design:
     clusters: np.ndarray
 
     @classmethod
+    def completed(cls, frame: pd.DataFrame, knobs: list[str], target: str, clusters,
+                  encoder: KnobEncoder | None = None) -> "Design":
+        """The trials that ran their full budget or errored: an early-stopped trial's partly-trained
+        score measures how fast it learned, not where it ends, so it enters no importance."""
+        rows = (frame["status"] != "early_stopped").to_numpy() if "status" in frame else np.ones(len(frame), bool)
+        kept = frame[rows]
+        return cls.from_frame(kept, knobs, kept[target], np.asarray(clusters)[rows], encoder)
+
+    @classmethod
     def from_frame(cls, frame: pd.DataFrame, knobs: list[str], y, clusters=None,
                    encoder: KnobEncoder | None = None) -> "Design":
         encoder = encoder or KnobEncoder().fit(frame[knobs])

@@ -51,7 +51,7 @@ def surrogate(evidence) -> ForestImportance:
 def design_of(evidence) -> Design:
     """The importance methods' input for an Evidence (every knob column, the seed aside)."""
     knobs = [k for k in evidence.table.knobs if k != "seed"]
-    return Design.from_frame(evidence.frame, knobs, evidence.frame[evidence.target], evidence.clusters)
+    return Design.completed(evidence.frame, knobs, evidence.target, evidence.clusters)
 
 
 def rank_draws(draws: pd.DataFrame) -> pd.DataFrame:
@@ -89,6 +89,10 @@ def judge_ranking(factors: tuple[str, ...], evidence) -> dict:
         forest = surrogate(evidence)
     except InputError as exc:
         return {"verdict": "inconclusive", "reason": f"the surrogate could not be fitted: {exc}"}
+    flat = [f for f, k in zip(factors, knobs) if k not in forest.draws_.columns]
+    if flat:
+        return {"verdict": "inconclusive",
+                "reason": f"one value only where it applies (constant after not-applicable marks): {', '.join(flat)}"}
     alpha = evidence.alpha
     n_draws = len(forest.draws_)
     floor = 1 / (n_draws + 1)

@@ -117,7 +117,7 @@ def importance_section(importance: pd.DataFrame, fitted: dict, skipped: dict) ->
     return section
 
 
-def summary_section(table, evidence: Evidence, encoder: KnobEncoder, fitted: dict, mode: str,
+def summary_section(table, evidence: Evidence, design: Design, encoder: KnobEncoder, fitted: dict, mode: str,
                     started: float) -> dict:
     frame, target = evidence.frame, table.target
     ok = frame[np.isfinite(frame[target].to_numpy(float))]
@@ -127,6 +127,10 @@ def summary_section(table, evidence: Evidence, encoder: KnobEncoder, fitted: dic
                                   if len(ok) else ": no trial has a value")]
     lines += [f"{count} {status}: {STATUS_TREATMENT.get(status, 'used as is')}"
               for status, count in table.counts().items()]
+    stopped = int((frame["status"] == "early_stopped").sum()) if "status" in frame else 0
+    lines.append(f"Importance methods and the ranking claim (F1): {len(design.y)} completed or errored trials; "
+                 f"{stopped} early-stopped trials left out (a partly-trained score measures learning speed, "
+                 f"not the final score)")
     lines.append(f"Knobs analysed: {len(encoder.knobs_)} ({len(encoder.feature_names_out_)} encoded columns; "
                  f"a knob is not applicable where the knob table says it is inert); constant, left out: "
                  f"{', '.join(encoder.constant_knobs_) or 'none'}")
@@ -254,7 +258,7 @@ def build_report(source, out_dir, target: str = "score", mode: str = "max", find
     evidence = Evidence.from_table(table, mode=mode, alpha=alpha, random_state=random_state)
     knobs = [k for k in table.knobs if k != "seed"]  # the seed is the repeat, never a factor
     encoder = KnobEncoder().fit(table.frame[knobs])
-    design = Design.from_frame(evidence.frame, knobs, evidence.frame[target], evidence.clusters, encoder)
+    design = Design.completed(evidence.frame, knobs, target, evidence.clusters, encoder)
     fitted, skipped = fit_methods(design, names, random_state)
     evidence.extras.update({"design": design, EXTRAS_KEY: fitted})
 
@@ -286,7 +290,7 @@ def build_report(source, out_dir, target: str = "score", mode: str = "max", find
         factors=factor_section(importance, table, ok),
         tasks=task_section(frame, ok, best),
         router=router_section(best, target),
-        summary=summary_section(table, evidence, encoder, fitted, mode, started))
+        summary=summary_section(table, evidence, design, encoder, fitted, mode, started))
     paths["html"] = out / "report.html"
     paths["html"].write_text(page)
     if not fitted:

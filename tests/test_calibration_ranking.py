@@ -22,8 +22,8 @@ from routed_study.analysis.ranking import judge_ranking
 
 F1 = ("apply_softmax_to=after", "target_share", "source_order=asc", "anneal_dir")
 #: Planted effects of the true ranking (points, against seed noise 3): variance explained about
-#: 16 : 13 : 3.6 : 1.4 without drift (the drift toward good regions narrows target_share's spread).
-TRUE_EFFECTS = {"after": 10.0, "target_share": -14.0, "asc": 4.0, "cooling": 2.5}
+#: 23 : 17 : 6.7 : 4.5 without drift (the drift toward good regions narrows target_share's spread).
+TRUE_EFFECTS = {"after": 12.0, "target_share": -16.0, "asc": 5.5, "cooling": 4.5}
 NOISE_KNOBS = {
     "learning_rate": lambda r: 10 ** r.uniform(-4, -1),
     "num_prompt_tokens": lambda r: r.choice([5, 10, 20]),
