@@ -60,6 +60,9 @@ IMPUTATIONS = 10
 MARGIN_SEED_SD = 0.5
 #: Power the trials_needed column plans for.
 POWER = 0.8
+#: One-sided p below which the progress after the common budget counts as opposing the
+#: budget's effect (the knob changes learning speed): liberal, since missing it costs validity.
+SPEED_CHECK = 0.3
 #: Fewest configurations per side before a claim is judged.
 MIN_CONFIGS = 4
 
@@ -267,38 +270,58 @@ class StudyEffects:
                 out.update(self._columns[knob])
         return out
 
-    def projections(self, rung: int) -> tuple[np.ndarray, str]:
-        """IMPUTATIONS x trials: final score (completed) or its projection from ``rung`` (stopped)."""
-        if rung in self._projections:
-            return self._projections[rung]
+    def interactions(self, exclude: set[str] = frozenset(), skip: str | None = None) -> dict[str, np.ndarray]:
+        """The '|within' columns of every compare claim with a ``within`` (the interactions the
+        claims name), one row per configuration; claims on a knob in ``exclude`` and ``skip`` left out."""
+        out: dict[str, np.ndarray] = {}
+        knobs = set(self.evidence.knobs)
+        for other in self.evidence.extras.get("entries", ()):
+            if getattr(other, "within", None) and other.id != skip and other.knob not in exclude \
+                    and {other.knob, *other.within} <= knobs:
+                out.update({f"{other.id}:{k}": v for k, v in claim_coding(other, self.config_raw)[3].items()
+                            if k.endswith("|within")})
+        return out
+
+    def projections(self) -> tuple[np.ndarray, str]:
+        """IMPUTATIONS x trials: the final score of completed trials, and of early-stopped ones a
+        draw of its projection from the study's common budget (the last epoch every non-failed
+        trial reached), by one regression fitted on the completed trials."""
+        if self._projections:
+            return self._projections["draws"], self._projections["how"]
         import statsmodels.api as sm
 
-        at = self.score_at(rung)
-        done = ~self.failed & ~self.stopped & np.isfinite(at)
-        todo = self.stopped & np.isfinite(at)
-        base = {k: v[self.config] for k, v in self.base_columns().items()}
-        cols = {"rung": at}
-        cols.update(base)
-        cols.update({f"rung*{k}": at * v for k, v in base.items() if "=" not in k and not k.endswith("^2")})
+        done = ~self.failed & ~self.stopped
         draws = np.tile(np.where(done, self.y, np.nan), (IMPUTATIONS, 1))
-        how = (f"{int(todo.sum())} early-stopped trials projected from their epoch-{rung} score "
-               f"(regression on {int(done.sum())} completed trials, {IMPUTATIONS} imputations)")
-        if done.sum() < 10 or not todo.any():
-            self._projections[rung] = (np.tile(np.where(done | todo, np.where(done, self.y, at), np.nan),
-                                               (1, 1)), f"too few completed trials to project: epoch-{rung} scores")
-            return self._projections[rung]
-        # Fewer columns than completed trials allow: the rung score first, then the knobs.
-        names = list(_independent({k: v[done] for k, v in cols.items()}))
-        names = names[: max(1, int(done.sum()) // 3)]
-        X = sm.add_constant(np.column_stack([cols[k] for k in names]), has_constant="add")
-        fit = sm.OLS(self.y[done], X[done]).fit(cov_type="cluster", cov_kwds={"groups": self.config[done]})
-        sigma = math.sqrt(fit.scale)
-        chol = np.linalg.cholesky(fit.cov_params() + 1e-12 * np.eye(X.shape[1]))
-        for m in range(IMPUTATIONS):
-            beta = fit.params + chol @ self.rng.standard_normal(X.shape[1])
-            scale = sigma * math.sqrt(fit.df_resid / self.rng.chisquare(fit.df_resid))
-            draws[m, todo] = X[todo] @ beta + self.rng.normal(0, scale, int(todo.sum()))
-        self._projections[rung] = (draws, how)
+        rung = self.common_rung(~self.failed)
+        if rung is None:
+            how = "early-stopped trials at their last score (no common epoch in their histories)"
+            self._projections.update(draws=np.where(self.failed, np.nan, self.y)[None, :], how=how)
+            return self._projections["draws"], how
+        at = self.score_at(rung)
+        todo = self.stopped & np.isfinite(at)
+        train = done & np.isfinite(at)
+        base = {k: v[self.config] for k, v in self.base_columns().items()}
+        base.update({k: v[self.config] for k, v in self.interactions().items()})
+        speed = {k: v for k, v in base.items() if "=" not in k and ":" not in k}   # numeric knobs
+        if train.sum() < 10:
+            draws[:, todo] = at[todo]
+            how = f"early-stopped trials at their epoch-{rung} score (too few completed trials to project)"
+        else:
+            # The rung score, its slope per numeric knob (learning speed), then the knobs: as many
+            # columns as a third of the training trials allow.
+            cols = {"rung": at, **{f"rung*{k}": at * v for k, v in speed.items()}, **base}
+            names = list(_independent({k: v[train] for k, v in cols.items()}))[: max(1, int(train.sum()) // 3)]
+            X = sm.add_constant(np.column_stack([cols[k] for k in names]), has_constant="add")
+            fit = sm.OLS(self.y[train], X[train]).fit(cov_type="cluster", cov_kwds={"groups": self.config[train]})
+            betas = self.rng.multivariate_normal(fit.params, fit.cov_params(), size=IMPUTATIONS, method="eigh")
+            sigma = math.sqrt(fit.scale)
+            for m in range(IMPUTATIONS):
+                scale = sigma * math.sqrt(fit.df_resid / self.rng.chisquare(fit.df_resid))
+                draws[m, todo] = X[todo] @ betas[m] + self.rng.normal(0, scale, int(todo.sum()))
+            how = (f"{int(todo.sum())} early-stopped trials projected to the final budget from their score at "
+                   f"epoch {rung} (the budget every trial reached) by a regression on {int(train.sum())} completed "
+                   f"trials; {IMPUTATIONS} imputations (Rubin's rules)")
+        self._projections.update(draws=draws, how=how)
         return draws, how
 
 
@@ -321,10 +344,19 @@ class ClaimModel:
     def __init__(self, design: dict[str, np.ndarray], contrast: dict[str, float], have: np.ndarray):
         import statsmodels.api as sm
 
-        self.have = have
-        names = list(_independent({k: v[have] for k, v in design.items()}))
-        self.ok = all(k in names for k in contrast) and have.sum() - len(names) - 1 >= 3
-        self.X = sm.add_constant(np.column_stack([design[k][have] for k in names]), has_constant="add")
+        have = have.copy()
+        for _ in range(3):
+            names = list(_independent({k: v[have] for k, v in design.items()}))
+            X = sm.add_constant(np.column_stack([design[k][have] for k in names]), has_constant="add")
+            # A configuration that a column fits alone (leverage 1) says nothing about the others
+            # and leaves HC2 undefined: it goes, with the columns that then vanish.
+            hat = np.einsum("ij,ji->i", X, np.linalg.pinv(X))
+            alone = hat > 1 - 1e-6
+            if not alone.any():
+                break
+            have[np.flatnonzero(have)[alone]] = False
+        self.have, self.X = have, X
+        self.ok = all(k in names for k in contrast) and have.sum() - len(names) - 1 >= 3 and not alone.any()
         self.L = np.zeros(self.X.shape[1])
         for k, w in contrast.items():
             if k in names:
@@ -391,6 +423,34 @@ def decide(expect: str, effect: float, se: float, df: float, margin: float) -> _
                      reason=f"no difference: a - b within +-{margin:.3g} (TOST p={p_within:.3g})")
 
 
+def claim_coding(entry, raw: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    """Rows inside ``within``, rows on side a and side b, and the claim's columns: a and b inside
+    and outside ``within`` (the reference is side b, or the knob's other values when a and b do
+    not cover them). Quantile sides are taken over the configurations inside ``within``."""
+    inside = np.ones(len(raw), bool)
+    for knob, side in entry.within.items():
+        inside &= side_mask(raw[knob], side).to_numpy()
+    pool = raw[entry.knob][inside]
+    on_a = side_mask(raw[entry.knob], entry.a, pool).to_numpy()
+    on_b = side_mask(raw[entry.knob], entry.b, pool).to_numpy() & ~on_a
+    w = inside.astype(float)
+    coding = {"a|within": on_a * w}
+    neither = (~(on_a | on_b) & (raw[entry.knob] != NA).to_numpy()).any()
+    if neither:
+        coding["b|within"] = on_b * w
+    if entry.within and not inside.all():
+        coding["a|outside"] = on_a * (1 - w)
+        if neither:
+            coding["b|outside"] = on_b * (1 - w)
+        coding["within"] = w
+    return inside, on_a, on_b, coding
+
+
+def _one_sided(na: pd.Series, side_a: np.ndarray, side_b: np.ndarray) -> bool:
+    na = na.to_numpy()
+    return bool((na[side_a].all() and not na[side_b].any()) or (na[side_b].all() and not na[side_a].any()))
+
+
 def judge_compare(entry, evidence: Evidence) -> dict:
     """Verdict of a compare entry (analysis.findings.CompareEntry): keys among VERDICT_COLUMNS."""
     study = _study(evidence)
@@ -398,12 +458,7 @@ def judge_compare(entry, evidence: Evidence) -> dict:
         if knob not in evidence.knobs:
             return {"verdict": "inconclusive", "reason": f"knob '{knob}' was never varied in this study"}
     raw = study.config_raw
-    inside = np.ones(study.n_configs, bool)
-    for knob, side in entry.within.items():
-        inside &= side_mask(raw[knob], side).to_numpy()
-    pool = raw[entry.knob][inside]
-    on_a = side_mask(raw[entry.knob], entry.a, pool).to_numpy()
-    on_b = side_mask(raw[entry.knob], entry.b, pool).to_numpy() & ~on_a
+    inside, on_a, on_b, coding = claim_coding(entry, raw)
     n_a, n_b = int((on_a & inside).sum()), int((on_b & inside).sum())
     if min(n_a, n_b) < MIN_CONFIGS:
         return {"verdict": "inconclusive", "n_a": n_a, "n_b": n_b, "n_configs": n_a + n_b,
@@ -412,20 +467,13 @@ def judge_compare(entry, evidence: Evidence) -> dict:
     rows = compared_cfg[study.config]
     better_claim = entry.expect != "equal"
 
-    # The claim's coding: a and b inside and outside `within`; the reference is side b, or the
-    # knob's other values when a and b do not cover them.
-    w = inside.astype(float)
-    design = {"a|within": on_a * w}
-    neither = ~(on_a | on_b) & (raw[entry.knob] != NA).to_numpy()
-    if neither.any():
-        design["b|within"] = on_b * w
-    if entry.within and not inside.all():
-        design["a|outside"] = on_a * (1 - w)
-        if neither.any():
-            design["b|outside"] = on_b * (1 - w)
-        design["within"] = w
+    # Knobs that apply on one side only (target_share under add_target) are part of that side:
+    # the effect averages over them instead of holding them fixed.
+    nested = [k for k in evidence.knobs if k != entry.knob and _one_sided(raw[k] == NA, on_a & inside, on_b & inside)]
+    design = dict(coding)
     contrast = {"a|within": 1.0, **({"b|within": -1.0} if "b|within" in design else {})}
-    design.update(study.base_columns({entry.knob}))
+    design.update(study.interactions({entry.knob, *nested}, skip=entry.id))
+    design.update(study.base_columns({entry.knob, *nested}))
 
     # Failures: rates per side (configurations with a failed seed), and worst rank for "better".
     failed_cfg = np.bincount(study.config, weights=study.failed, minlength=study.n_configs) > 0
@@ -441,75 +489,117 @@ def judge_compare(entry, evidence: Evidence) -> dict:
         return out
 
     # Views: the budget-aware one decides; completed trials only is the second.
-    rung = study.common_rung(rows)
+    models: dict[bytes, ClaimModel] = {}   # one per set of configurations with a response
+
+    def estimate(response: np.ndarray) -> tuple[float, float, float] | None:
+        have = _configs_with(response, study.config, study.n_configs)
+        model = models.get(have.tobytes())
+        if model is None:
+            model = models[have.tobytes()] = ClaimModel(design, contrast, have)
+        if not model.ok:
+            return None
+        est, var, df = model.fit(response, study.config)
+        return (est, math.sqrt(var), df) if np.isfinite(var) and var > 0 else None
+
+    # Views. Without early stops: the final scores. With them: the projected final (decides
+    # "no difference"), the common budget (decides a difference unless the knob changes
+    # learning speed), completed trials only (a check), and the progress after the budget.
     stops = bool((study.stopped & rows).any())
-    if stops and rung is not None:
-        draws, how = study.projections(rung)
-        view_name = f"projected from epoch {rung}"
+    rung = study.common_rung(rows) if stops else None
+    if stops and study.hist is not None:
+        draws, how = study.projections()
     elif stops:
         draws, how = study.y[None, :], "no per-epoch history: early-stopped trials at their last score"
-        view_name = "last reported"
     else:
         draws, how = study.y[None, :], "final scores (no early stops among compared trials)"
-        view_name = "final"
-    responses = [with_failures(d) for d in draws]
-    model = ClaimModel(design, contrast, _configs_with(responses[0], study.config, study.n_configs))
-    if not model.ok:
+    fits = [estimate(with_failures(d)) for d in draws]
+    if any(f is None for f in fits):
         return {"verdict": "inconclusive", "n_a": n_a, "n_b": n_b, "n_configs": n_a + n_b,
                 "reason": "too few configurations for the adjusted model (knobs that vary outnumber them)"}
-    fits = [model.fit(r, study.config) for r in responses]
-    effect, se, df = rubin([f[0] for f in fits], [f[1] for f in fits], fits[0][2])
+    final = rubin([f[0] for f in fits], [f[1] ** 2 for f in fits], fits[0][2])
     spread = study.seed_spread
     if entry.margin is not None:
         margin, margin_text = float(entry.margin), f"margin {entry.margin:g} points (from the findings file)"
     elif spread is not None:
         margin = MARGIN_SEED_SD * spread.sd
-        margin_text = f"margin {margin:.3g} = {MARGIN_SEED_SD:g} x seed-to-seed SD {spread.sd:.3g}"
+        margin_text = f"margin {margin:.3g} = {MARGIN_SEED_SD:g} x seed-to-seed SD {spread.sd:.3g} ({spread.where})"
     else:
-        margin = MARGIN_SEED_SD * se * math.sqrt(n_a * n_b / (n_a + n_b))
+        margin = MARGIN_SEED_SD * final[1] * math.sqrt(n_a * n_b / (n_a + n_b))
         margin_text = (f"margin {margin:.3g} = {MARGIN_SEED_SD:g} x the spread of configuration means "
                        f"(no repeats to measure seed noise)")
-    decision = decide(entry.expect, effect, se, df, margin)
+    decision, chosen = decide(entry.expect, *final, margin), final
+    views = ["projected final" if stops and study.hist is not None else "last reported" if stops else "final"]
+    disagree, completed, p2, speed_differs = [], None, np.nan, False
+    if stops:
+        done_only = np.where(study.stopped, np.nan, study.y)
+        completed = estimate(with_failures(done_only))
+        if completed is not None:
+            p2 = float(2 * stats.t.sf(abs(completed[0]) / completed[1], completed[2]))
+            views.append(f"completed only {completed[0]:+.3g} (p={p2:.3g})")
+    if rung is not None:
+        budget = estimate(with_failures(study.score_at(rung)))
+        progress = estimate(np.where(study.stopped | study.failed, np.nan, study.y - study.score_at(rung)))
+        if budget is not None:
+            p3 = float(2 * stats.t.sf(abs(budget[0]) / budget[1], budget[2]))
+            # A knob that changes learning speed shows an effect at the budget that the progress
+            # after it takes back: then the budget is not evidence about the final score.
+            speed = progress is None or (np.sign(progress[0]) != np.sign(budget[0]) and
+                                         stats.t.sf(abs(progress[0]) / progress[1], progress[2]) < SPEED_CHECK)
+            speed_differs = speed and progress is not None
+            views.append(f"common budget (epoch {rung}) {budget[0]:+.3g} (p={p3:.3g})"
+                         + ("" if not speed else "; not decisive: too few completed trials to see the progress "
+                            "after it" if progress is None else "; not decisive: the progress after it opposes "
+                            "(the knob changes learning speed)"))
+            at_budget = decide(entry.expect, *budget, margin)
+            if not speed and at_budget.decided_by == "difference" and at_budget.p < decision.p:
+                decision, chosen = at_budget, budget
+                views[0], views[-1] = views[-1] + " [decides]", views[0]
+    effect, se, df = chosen
     tcrit = stats.t.ppf(1 - evidence.alpha / 2, df)
     seeds = np.bincount(study.config[rows & ~study.failed], minlength=study.n_configs)[compared_cfg]
     out = {"effect": effect, "ci_low": effect - tcrit * se, "ci_high": effect + tcrit * se,
            "n_configs": n_a + n_b, "n_seeds": int(np.median(seeds)) if len(seeds) else 0,
            "n_a": n_a, "n_b": n_b, "margin": margin, "fail_a": fa, "fail_b": fb, "p_failure": p_fail,
            "verdict": decision.verdict, "p_value": decision.p, "decided_by": decision.decided_by}
-    treatment = [how, "effect adjusted for the other knobs' main effects (OLS on configuration means, HC2)"]
+    if stops and completed is not None:
+        out.update(effect_completed=completed[0], p_completed=p2)
+    treatment = [how, "effect adjusted for the other knobs' main effects and the interactions the other claims "
+                      "name (OLS on configuration means, HC2)"
+                 + (f"; averaged over {', '.join(nested)} (applies on one side only)" if nested else "")]
     if study.failed[rows].any():
         treatment.append(f"errored trials: {'worst observed score (worst rank)' if better_claim else 'left out'}; "
                          f"failure rates {fa}/{n_a} vs {fb}/{n_b} configurations (Fisher exact p={p_fail:.3g})")
     reason = [decision.reason, margin_text]
-
-    view = view_name
-    if stops:
-        done_only = np.where(study.stopped, np.nan, study.y)
-        done_only = with_failures(done_only)
-        second_model = ClaimModel(design, contrast, _configs_with(done_only, study.config, study.n_configs))
-        second = second_model.fit(done_only, study.config) if second_model.ok else None
-        if second is None:
-            view += "; completed only: too few configurations"
-        else:
-            e2, v2, df2 = second
-            p2 = float(2 * stats.t.sf(abs(e2) / math.sqrt(v2), df2))
-            out.update(effect_completed=e2, p_completed=p2)
-            opposite = p2 < evidence.alpha and np.sign(e2) != np.sign(effect) and decision.decided_by == "difference"
-            view += f"; completed only: {'disagrees' if opposite else 'agrees'} ({e2:+.3g}, p={p2:.3g})"
-            if opposite and decision.verdict != "inconclusive":
-                out["verdict"] = "inconclusive"
-                reason.insert(0, "the two views disagree")
+    if stops and decision.verdict != "inconclusive" and decision.decided_by == "difference":
+        # A difference needs the completed trials not to decide the opposite; a projected one also
+        # needs them to point the same way (else it rests on the extrapolation alone).
+        if completed is None:
+            disagree = ["too few completed trials to check the projection"] if chosen is final else []
+        elif p2 < evidence.alpha and np.sign(completed[0]) != np.sign(effect):
+            disagree = ["completed only decides the opposite"]
+        elif chosen is final and np.sign(completed[0]) != np.sign(effect):
+            disagree = ["completed only points the other way"]
+        if disagree:
+            out["verdict"] = "inconclusive"
+            reason.insert(0, f"the views disagree ({disagree[0]})")
+    if speed_differs and out["verdict"] != "inconclusive":
+        # Both the budget and the projection from it carry the speed difference into the verdict;
+        # the final difference of such a knob is not identified once most of its trials stopped.
+        out["verdict"], out["p_value"] = "inconclusive", np.nan   # its p is not about the final score
+        reason.insert(0, f"the knob changes learning speed (the progress after epoch {rung} opposes its effect "
+                         f"there) and {(study.stopped & rows).mean() / rows.mean():.0%} of the compared trials "
+                         f"stopped early: the final difference is not identified; trials run to the end decide it")
     if better_claim and p_fail < evidence.alpha and decision.verdict == "supported" and (
             (fa / n_a > fb / n_b) == (entry.expect == "greater")):
         out["verdict"] = "inconclusive"
         reason.insert(0, f"side {'a' if entry.expect == 'greater' else 'b'} fails more often")
-    if out["verdict"] == "inconclusive" or decision.p >= evidence.alpha:
+    if (out["verdict"] == "inconclusive" or decision.p >= evidence.alpha) and not speed_differs:
         needed = _needed(effect, se, n_a + n_b, out["n_seeds"], margin, evidence.alpha, entry.expect == "equal")
         if needed is not None:
             out["configs_needed"], out["trials_needed"] = needed
             reason.append(f"about {needed[0]} more configurations x {max(out['n_seeds'], 1)} seeds would decide it "
                           f"at the observed effect and spread ({POWER:.0%} power)")
-    out["view"] = view
+    out["view"] = "; ".join(views)
     out["treatment"] = "; ".join(treatment)
     out["reason"] = "; ".join(reason)
     return out

@@ -271,11 +271,15 @@ def evaluate_findings(entries: list, evidence: Evidence) -> pd.DataFrame:
     """One row per entry (columns VERDICT_COLUMNS), p-values corrected per family (CORRECTION)."""
     from statsmodels.stats.multitest import multipletests
 
+    from threadpoolctl import threadpool_limits
+
     _builtin_kinds()
+    evidence.extras["entries"] = list(entries)   # kinds may adjust for what the other claims name
     rows = []
     for entry in entries:
         kind = KINDS[entry.kind]
-        out = kind().evaluate(entry, evidence)
+        with threadpool_limits(1):  # many small fits: threads only add contention
+            out = kind().evaluate(entry, evidence)
         unknown = set(out) - set(VERDICT_COLUMNS)
         if unknown:
             raise ValueError(f"kind {kind.name!r} returned unknown columns {sorted(unknown)}")

@@ -6,8 +6,9 @@ with task names), so only there does "task i relies on task j's prompt" mean any
 Each such trial's task-by-task block is standardised (off-diagonal entries to mean 0,
 SD 1, so that trials weigh alike) into Z; its directional part is D = Z - Z^T.
 
-The statistic is the asymmetry of the mean over trials, A = ||mean D|| / (sqrt(2) ||mean Z||)
-(off-diagonal Frobenius norms; 0 = symmetric use, 1 = wholly one-way). Under the null of
+The statistic is the antisymmetric share of the mean over trials, A = ||mean D||^2 / (4 ||mean Z||^2)
+(Frobenius norms: the share of the matrix's square norm in its antisymmetric part (Z - Z^T)/2;
+0 = symmetric use, 1 = wholly antisymmetric). Under the null of
 no direction, S and S^T are exchangeable in every trial, so the null distribution flips the
 sign of each trial's D at random (:data:`PERMUTATIONS` draws). The interval resamples whole
 configurations (the seeds of one share a cluster). Supported when the permutation p is small;
@@ -58,9 +59,9 @@ def _standardise(block: np.ndarray) -> np.ndarray | None:
 
 
 def asymmetry(z: np.ndarray) -> float:
-    """||Z - Z^T|| / (sqrt(2) ||Z||) of one (or a mean) standardised task block."""
+    """Antisymmetric share ||Z - Z^T||^2 / (4 ||Z||^2) of one (or a mean) standardised task block."""
     norm = np.linalg.norm(z)
-    return float(np.linalg.norm(z - z.T) / (math.sqrt(2) * norm)) if norm > 0 else 0.0
+    return float(np.linalg.norm(z - z.T) ** 2 / (4 * norm ** 2)) if norm > 0 else 0.0
 
 
 def router_asymmetry(frame: pd.DataFrame) -> pd.DataFrame:
@@ -126,9 +127,7 @@ class RouterAsymmetry(FindingKind):
         rng = np.random.default_rng(evidence.random_state)
 
         def statistic(weights: np.ndarray) -> float:
-            w = weights[:, None, None] / weights.sum()
-            zn = np.linalg.norm((w * Z).sum(0))
-            return float(np.linalg.norm((w * D).sum(0)) / (math.sqrt(2) * zn)) if zn > 0 else 0.0
+            return asymmetry((weights[:, None, None] / weights.sum() * Z).sum(0))
 
         observed = statistic(np.ones(len(Z)))
         # Null: each trial's direction is a coin flip (S and S^T exchangeable); |Z| is unchanged.

@@ -29,8 +29,11 @@ def main(n_seeds: int = 5) -> None:
         print(f"{name:13s} null false {n['false'].mean():6.1%} (worst claim {worst.index[0]} "
               f"{worst.iloc[0]:.0%} of seeds)  planted false {p['false'].mean():6.1%}  "
               f"power {p['found'].mean():6.1%}")
-    per_claim = planted.groupby("id")["found"].mean().dropna()
-    print("power per planted claim: " + ", ".join(f"{k} {v:.0%}" for k, v in per_claim.items()))
+    for label, frame, column in (("false verdicts (null)", null, "false"), ("false verdicts (planted)", planted, "false"),
+                                 ("power", planted, "found")):
+        table = frame.pivot_table(index="id", columns="scenario", values=column, aggfunc="mean").dropna(how="all")
+        table = table[(table > 0).any(axis=1)] if column == "false" else table
+        print(f"{label} per claim and scenario:\n{(100 * table[list(SCENARIOS)]).round(0).to_string()}")
     print(f"null_false_rate={decided(null)['false'].mean():.4f} planted_false_rate="
           f"{decided(planted)['false'].mean():.4f} power={planted['found'].mean():.4f} seeds={n_seeds}")
 

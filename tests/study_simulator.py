@@ -51,36 +51,39 @@ SPACE = {
 #: Planted effects on the final score (points) and the claims of analysis/findings.yaml they make
 #: true; F8a and F12b are planted "no difference" (their knobs have no effect in their rows).
 PLANTED = {
-    "F2": "-3 per decade of learning rate",
+    "F2": "-4 per decade of learning rate",
     "F4": "-8 x (1 - (epochs - 2) / 8) where learning_rate < 1e-4",
     "F5": "+1.5 per doubling of num_prompt_tokens",
     "F6": "+4 for prompt_encoder=mlp",
-    "F7": "+3 for init_from_words",
+    "F7": "+4 for init_from_words",
     "F8b": "+6 for apply_softmax_to=after with compose_method=cat",
-    "F9": "+5 for anneal_dir=-1 with cat and no add_target",
+    "F9": "+6 for anneal_dir=-1 with cat and no add_target",
     "F10": "+4 for num_selected=-1",
-    "F11": "-3 per decade of temperature under route_method=rb",
+    "F11": "-6 per decade of temperature under route_method=rb",
     "F12a": "+5 for add_target",
-    "F13": "+4 for target_share < 1 (with add_target)",
+    "F13": "+5 for target_share < 1 (with add_target)",
 }
 EQUIVALENT = ("F8a", "F12b")
+#: The final score a trial would have reached had it run to the end (a metric column the
+#: analysis ignores; tests compare projections with it).
+TRUE_FINAL = "val/final_if_completed"
 
 
 def planted_effect(c: dict) -> float:
     """The planted part of a configuration's final score (see PLANTED)."""
     lr, temp = math.log10(c["learning_rate"]), math.log10(c["temperature"])
     cat, add = c["compose_method"] == "cat", bool(c["add_target"])
-    return (-3.0 * (lr + 3)
+    return (-4.0 * (lr + 3)
             - 8.0 * (1 - (c["epochs"] - 2) / 8) * (lr < -4)
             + 1.5 * math.log2(c["num_prompt_tokens"] / 5)
             + 4.0 * (c["prompt_encoder"] == "mlp")
-            + 3.0 * bool(c["init_from_words"])
+            + 4.0 * bool(c["init_from_words"])
             + 6.0 * (c["apply_softmax_to"] == "after" and cat)
-            + 5.0 * (c["anneal_dir"] == -1 and cat and not add)
+            + 6.0 * (c["anneal_dir"] == -1 and cat and not add)
             + 4.0 * (c["num_selected"] == -1)
-            - 3.0 * temp * (c["route_method"] == "rb")
+            - 6.0 * temp * (c["route_method"] == "rb")
             + 5.0 * add
-            + 4.0 * (add and c["target_share"] < 1))
+            + 5.0 * (add and c["target_share"] < 1))
 
 
 @dataclass
@@ -97,12 +100,14 @@ class Scenario:
     eta: int = 2
 
 
+#: Study sizes at about equal training compute: ASHA (eta 2) trains about 40 % of the epochs of
+#: full trials, so its studies run 2.5x the configurations.
 SCENARIOS = {
     "plain": dict(configs=200, seeds=1),
     "repeats": dict(configs=120, seeds=3),
-    "asha": dict(configs=240, seeds=1, asha=True),
-    "asha_repeats": dict(configs=120, seeds=3, asha=True),
-    "diverging": dict(configs=120, seeds=3, asha=True, diverge=0.10),
+    "asha": dict(configs=500, seeds=1, asha=True),
+    "asha_repeats": dict(configs=300, seeds=3, asha=True),
+    "diverging": dict(configs=300, seeds=3, asha=True, diverge=0.10),
 }
 
 
@@ -178,7 +183,8 @@ def simulate(scenario: Scenario, seed: int) -> pd.DataFrame:
             row = {f"config/{k}": v for k, v in config.items()}
             reported = history[:stop] if status == "ok" else history[: stop - 1]
             row.update({f"score@{e}": v for e, v in zip(epochs, reported)})
-            row.update(trial_id=f"c{c}_s{s}", seed=s, epoch=len(reported) if len(reported) else np.nan,
+            row.update({TRUE_FINAL: final, "trial_id": f"c{c}_s{s}", "seed": s})
+            row.update( epoch=len(reported) if len(reported) else np.nan,
                        score=reported[-1] if status == "ok" else np.nan, status=status if status == "error" else "")
             rows.append(row)
             last_scores.append(reported[-1] if len(reported) else BASE)
@@ -206,10 +212,10 @@ def is_false(row: pd.Series, scen: Scenario) -> bool:
     Null: a directional claim must not be supported nor contradicted by a difference (being
     contradicted as "no difference" is right); an equivalence claim must not be contradicted;
     a ranking claim of pure noise must stay inconclusive. Planted: no planted claim may be
-    contradicted. Everywhere: F18 (seed noise) is true whenever configurations are repeated."""
+    contradicted. Everywhere: F18 (seed noise) is true (seed_sd is a third of the spread or more)."""
     verdict = row["verdict"]
-    if row["kind"] == "seed_noise":
-        return verdict == "contradicted" or (scen.seeds == 1 and verdict != "inconclusive")
+    if row["kind"] == "seed_noise":  # every trial has seed noise (a configuration sampled twice shows it)
+        return verdict == "contradicted"
     if row["kind"] in ("untestable", "router_asymmetry"):
         return verdict != "inconclusive"
     if row["kind"] == "ranking":
