@@ -543,13 +543,15 @@ def judge_compare(entry, evidence: Evidence) -> dict:
             p3 = float(2 * stats.t.sf(abs(budget[0]) / budget[1], budget[2]))
             # A knob that changes learning speed shows an effect at the budget that the progress
             # after it takes back: then the budget is not evidence about the final score.
-            speed = progress is None or (np.sign(progress[0]) != np.sign(budget[0]) and
-                                         stats.t.sf(abs(progress[0]) / progress[1], progress[2]) < SPEED_CHECK)
-            speed_differs = speed and progress is not None
+            # The budget decides only where the progress after it points the same way (a knob that
+            # changes the final score keeps its sign as training goes on).
+            opposes = progress is not None and np.sign(progress[0]) != np.sign(budget[0])
+            speed = progress is None or opposes
+            speed_differs = opposes and stats.t.sf(abs(progress[0]) / progress[1], progress[2]) < SPEED_CHECK
             views.append(f"common budget (epoch {rung}) {budget[0]:+.3g} (p={p3:.3g})"
                          + ("" if not speed else "; not decisive: too few completed trials to see the progress "
-                            "after it" if progress is None else "; not decisive: the progress after it opposes "
-                            "(the knob changes learning speed)"))
+                            "after it" if progress is None else "; not decisive: the progress after it opposes"
+                            + (" (the knob changes learning speed)" if speed_differs else "")))
             at_budget = decide(entry.expect, *budget, margin)
             if not speed and at_budget.decided_by == "difference" and at_budget.p < decision.p:
                 decision, chosen = at_budget, budget
@@ -571,13 +573,13 @@ def judge_compare(entry, evidence: Evidence) -> dict:
                          f"failure rates {fa}/{n_a} vs {fb}/{n_b} configurations (Fisher exact p={p_fail:.3g})")
     reason = [decision.reason, margin_text]
     if stops and decision.verdict != "inconclusive" and decision.decided_by == "difference":
-        # A difference needs the completed trials not to decide the opposite; a projected one also
-        # needs them to point the same way (else it rests on the extrapolation alone).
+        # A difference needs the completed trials to point the same way (a projected one would
+        # rest on the extrapolation alone, a budget one on early scores alone).
         if completed is None:
             disagree = ["too few completed trials to check the projection"] if chosen is final else []
         elif p2 < evidence.alpha and np.sign(completed[0]) != np.sign(effect):
             disagree = ["completed only decides the opposite"]
-        elif chosen is final and np.sign(completed[0]) != np.sign(effect):
+        elif np.sign(completed[0]) != np.sign(effect):
             disagree = ["completed only points the other way"]
         if disagree:
             out["verdict"] = "inconclusive"

@@ -103,11 +103,11 @@ class Scenario:
 #: Study sizes at about equal training compute: ASHA (eta 2) trains about 40 % of the epochs of
 #: full trials, so its studies run 2.5x the configurations.
 SCENARIOS = {
-    "plain": dict(configs=200, seeds=1),
-    "repeats": dict(configs=120, seeds=3),
-    "asha": dict(configs=500, seeds=1, asha=True),
-    "asha_repeats": dict(configs=300, seeds=3, asha=True),
-    "diverging": dict(configs=300, seeds=3, asha=True, diverge=0.10),
+    "plain": dict(configs=300, seeds=1),
+    "repeats": dict(configs=200, seeds=3),
+    "asha": dict(configs=750, seeds=1, asha=True),
+    "asha_repeats": dict(configs=500, seeds=3, asha=True),
+    "diverging": dict(configs=500, seeds=3, asha=True, diverge=0.10),
 }
 
 
