@@ -47,7 +47,7 @@ import pandas as pd
 import pydantic
 from scipy import stats
 
-from routed_study.analysis.encoding import NA, mark_not_applicable, value_label
+from routed_study.analysis.encoding import NA, labels, mark_not_applicable, value_label
 from routed_study.analysis.findings import Entry, Evidence, FindingKind, register_kind
 from routed_study.analysis.loading import history_epochs
 from routed_study.trainables.routed_prompt.config import KNOBS
@@ -80,7 +80,7 @@ def side_mask(raw: pd.Series, side: Any, pool: pd.Series | None = None) -> pd.Se
             return (numeric >= lo) & upper
         return (numeric >= side.get("min", -np.inf)) & (numeric <= side.get("max", np.inf))
     options = side if isinstance(side, list) else [side]
-    return raw.map(value_label).isin([value_label(v) for v in options])
+    return labels(raw).isin([value_label(v) for v in options])
 
 
 def _independent(columns: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -103,10 +103,10 @@ def knob_columns(raw: pd.DataFrame, knob: str) -> dict[str, np.ndarray]:
     """Main-effect columns of one knob over rows of ``raw`` (mark_not_applicable output)."""
     values = raw[knob]
     present = values != NA
-    text = values.map(value_label)
+    text = labels(values)
     spec = KNOBS.get(knob)
     numeric = pd.to_numeric(values.where(present), errors="coerce")
-    is_number = numeric.notna() & ~values.map(lambda v: isinstance(v, (bool, np.bool_)))
+    is_number = numeric.notna() & ~values.map({v: isinstance(v, (bool, np.bool_)) for v in pd.unique(values)})
     specials = {value_label(s) for s in (spec.specials if spec is not None else ())}
     continuous = is_number & ~text.isin(specials)
     out: dict[str, np.ndarray] = {}
@@ -210,6 +210,7 @@ class StudyEffects:
     evidence: Evidence
     _projections: dict = field(default_factory=dict)
     _columns: dict = field(default_factory=dict)
+    _codings: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         ev = self.evidence
@@ -278,9 +279,14 @@ class StudyEffects:
         for other in self.evidence.extras.get("entries", ()):
             if getattr(other, "within", None) and other.id != skip and other.knob not in exclude \
                     and {other.knob, *other.within} <= knobs:
-                out.update({f"{other.id}:{k}": v for k, v in claim_coding(other, self.config_raw)[3].items()
-                            if k.endswith("|within")})
+                out.update({f"{other.id}:{k}": v for k, v in self.coding(other)[3].items() if k.endswith("|within")})
         return out
+
+    def coding(self, entry) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+        """claim_coding of an entry over the configurations, computed once per entry."""
+        if entry.id not in self._codings:
+            self._codings[entry.id] = claim_coding(entry, self.config_raw)
+        return self._codings[entry.id]
 
     def projections(self) -> tuple[np.ndarray, str]:
         """IMPUTATIONS x trials: the final score of completed trials, and of early-stopped ones a
@@ -458,7 +464,7 @@ def judge_compare(entry, evidence: Evidence) -> dict:
         if knob not in evidence.knobs:
             return {"verdict": "inconclusive", "reason": f"knob '{knob}' was never varied in this study"}
     raw = study.config_raw
-    inside, on_a, on_b, coding = claim_coding(entry, raw)
+    inside, on_a, on_b, coding = study.coding(entry)
     n_a, n_b = int((on_a & inside).sum()), int((on_b & inside).sum())
     if min(n_a, n_b) < MIN_CONFIGS:
         return {"verdict": "inconclusive", "n_a": n_a, "n_b": n_b, "n_configs": n_a + n_b,

@@ -223,10 +223,12 @@ class CsvLoader(Loader):
         frame = frame.rename(columns={"trial_status": "status"})
         # Where a row gives no status, it is early-stopped by the same rule as a study's trials
         # (its last reported epoch comes before its planned epochs).
-        configs = frame[[c for c in frame.columns if c.startswith("config/")]].rename(
-            columns=lambda c: c[len("config/"):]).to_dict("records")
-        inferred = ["early_stopped" if stopped_early({k: v for k, v in c.items() if pd.notna(v)}, last) else "ok"
-                    for c, last in zip(configs, frame.to_dict("records"))]
+        # (stopped_early reads a config's epochs and a result's epoch counts: only those are passed.)
+        planned = frame["config/epochs"] if "config/epochs" in frame else pd.Series(np.nan, index=frame.index)
+        counts = [c for c in (EPOCH, TRAINING_ITERATION) if c in frame]
+        inferred = ["early_stopped" if stopped_early({} if pd.isna(e) else {"epochs": e},
+                                                     {c: v for c, v in zip(counts, last) if pd.notna(v)})
+                    else "ok" for e, last in zip(planned, frame[counts].itertuples(index=False))]
         given = frame["status"] if "status" in frame else pd.Series(np.nan, index=frame.index)
         frame["status"] = given.where(given.notna(), pd.Series(inferred, index=frame.index)).astype(str).str.lower()
         frame["status"] = frame["status"].replace(
