@@ -14,25 +14,41 @@ import pandas as pd  # noqa: E402
 from sklearn.tree import plot_tree  # noqa: E402
 
 
-def to_data_uri(fig) -> str:
+def to_data_uri(fig, dpi: int = 60) -> str:
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=60, bbox_inches="tight")
+    fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
     plt.close(fig)
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def importance_chart(table: pd.DataFrame, title: str, top: int = 15) -> str:
-    """Horizontal bars with the interval (columns factor, importance, low, high)."""
-    table = table.sort_values("importance", ascending=False).head(top)[::-1]
-    fig, ax = plt.subplots(figsize=(6, 0.3 * len(table) + 1))
-    err = None
-    if table[["low", "high"]].notna().all().all():
-        err = np.vstack([(table["importance"] - table["low"]).clip(lower=0),
-                         (table["high"] - table["importance"]).clip(lower=0)])
-    ax.barh(table["factor"], table["importance"], xerr=err, color="#4472c4", capsize=3)
-    ax.set_title(title)
-    ax.set_xlabel("importance")
-    return to_data_uri(fig)
+def importance_chart(table: pd.DataFrame, top: int = 12) -> str:
+    """Every method side by side: one group of bars per knob, one bar per method, with intervals.
+
+    ``table``: columns factor, method, importance, low, high. Methods measure on different
+    scales, so each method's values (and interval) are divided by its largest importance.
+    Knobs are ordered by their mean scaled importance; the top ``top`` are drawn.
+    """
+    table = table.copy()
+    scale = table.groupby("method")["importance"].transform(lambda v: v.abs().max() or 1.0)
+    for column in ("importance", "low", "high"):
+        table[column] = table[column] / scale
+    order = table.groupby("factor")["importance"].mean().sort_values(ascending=False).index[:top][::-1]
+    methods = list(dict.fromkeys(table["method"]))
+    height = 0.8 / len(methods)
+    fig, ax = plt.subplots(figsize=(8, 0.22 * len(order) * len(methods) + 1.5))
+    for i, method in enumerate(methods):
+        part = table[table["method"] == method].set_index("factor").reindex(order)
+        y = np.arange(len(order)) + (i - (len(methods) - 1) / 2) * height
+        err = None
+        if part[["low", "high"]].notna().any().any():
+            err = np.vstack([(part["importance"] - part["low"]).clip(lower=0).fillna(0),
+                             (part["high"] - part["importance"]).clip(lower=0).fillna(0)])
+        ax.barh(y, part["importance"].fillna(0), height=height, xerr=err, capsize=2, label=method)
+    ax.set_yticks(np.arange(len(order)), order)
+    ax.axvline(0, color="black", linewidth=0.6)
+    ax.set_xlabel("importance, scaled to each method's largest (bars: intervals where the method has one)")
+    ax.legend(loc="lower right", fontsize=8)
+    return to_data_uri(fig, dpi=90)  # the page's main chart
 
 
 def tree_chart(estimator, feature_names: list[str], max_depth: int = 3) -> str:

@@ -1,29 +1,108 @@
-"""Which knobs explain the score: estimators in the scikit-learn style.
+"""Which knobs explain the score: importance methods in the scikit-learn style.
 
-Every method is a :class:`FactorImportance` registered in :data:`METHODS`:
-``fit(X, y, groups)`` returns self and sets ``factor_importances_`` (a DataFrame
-indexed by knob with columns importance, low, high). ``X`` is the encoded design
-matrix (:class:`~analysis.encoding.KnobEncoder`) for the sklearn methods and the
-raw knob table for the Optuna ones (``input = "raw"``). A method that cannot run
-on the data raises :class:`InputError` saying why; the report lists it.
+Every method is one class registered with :func:`register_method`; its options are its
+``__init__`` parameters (with defaults), so a caller builds any method as
+``METHODS[name](random_state=...)`` and fits it on a :class:`Design`, the one input
+every method takes (raw knob values with 'n/a' marks, the encoded matrix, the
+configuration of each row). ``fit(design)`` returns self and sets
+``factor_importances_``: a DataFrame indexed by knob with columns importance, low,
+high (an interval where the method has one), p_value and verdict ("matters",
+"does not matter", "cannot tell"; empty where the method has no null reference).
+A method that cannot run on the data raises :class:`InputError` saying why; the
+report lists it. A researcher's own method is a class in their own module with the
+same decorator, imported through ``plugins``.
+
+Repeats: the seeds of one configuration are one cluster everywhere here: folds are
+grouped by configuration (no configuration is in a fold's training and test rows),
+permutations move whole configurations, subsamples keep or drop whole configurations.
 """
 
 from __future__ import annotations
 
 import warnings
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
 import pandas as pd
+from scipy.stats import t as student_t
 from sklearn.base import BaseEstimator, clone
-from sklearn.inspection import permutation_importance
-from sklearn.model_selection import GridSearchCV, KFold, StratifiedKFold
+from sklearn.ensemble import RandomForestRegressor
+from sklearn.model_selection import GridSearchCV, GroupKFold, StratifiedGroupKFold
 from sklearn.tree import DecisionTreeClassifier, DecisionTreeRegressor, export_text
 
-from routed_study.analysis.encoding import labels, mark_not_applicable
+from routed_study.analysis.encoding import KnobEncoder, labels, mark_not_applicable
 from routed_study.trainables.errors import InputError
 from routed_study.trainables.routed_prompt.config import KNOBS
+
+#: Verdicts of the per-knob null reference.
+MATTERS, DOES_NOT, CANNOT_TELL = "matters", "does not matter", "cannot tell"
+
+
+@dataclass
+class Design:
+    """What every importance method fits on: one row per trial.
+
+    raw: knob columns, 'n/a' where a knob did not apply; X: the encoded matrix
+    (:class:`KnobEncoder`); groups: encoded column -> knob; y: the target signed so that
+    higher is better (NaN: no value); clusters: configuration id per row (repeats share one).
+    """
+
+    raw: pd.DataFrame
+    X: pd.DataFrame
+    groups: dict[str, str]
+    y: np.ndarray
+    clusters: np.ndarray
+
+    @classmethod
+    def completed(cls, frame: pd.DataFrame, knobs: list[str], target: str, clusters,
+                  encoder: KnobEncoder | None = None) -> "Design":
+        """The trials that ran their full budget or errored: an early-stopped trial's partly-trained
+        score measures how fast it learned, not where it ends, so it enters no importance."""
+        rows = (frame["status"] != "early_stopped").to_numpy() if "status" in frame else np.ones(len(frame), bool)
+        kept = frame[rows]
+        return cls.from_frame(kept, knobs, kept[target], np.asarray(clusters)[rows], encoder)
+
+    @classmethod
+    def from_frame(cls, frame: pd.DataFrame, knobs: list[str], y, clusters=None,
+                   encoder: KnobEncoder | None = None) -> "Design":
+        encoder = encoder or KnobEncoder().fit(frame[knobs])
+        clusters = np.arange(len(frame)) if clusters is None else np.asarray(clusters)
+        return cls(raw=mark_not_applicable(frame, knobs), X=encoder.transform(frame[knobs]),
+                   groups=encoder.groups_, y=np.asarray(y, float), clusters=clusters)
+
+    @property
+    def knobs(self) -> list[str]:
+        return list(dict.fromkeys(self.groups.values()))
+
+    def subset(self, rows: np.ndarray) -> "Design":
+        return Design(raw=self.raw.iloc[rows], X=self.X.iloc[rows], groups=self.groups, y=self.y[rows],
+                      clusters=self.clusters[rows])
+
+    def sample_configurations(self, max_trials: int, rng) -> np.ndarray:
+        """Row indices of whole configurations drawn at random until about ``max_trials`` rows."""
+        if len(self.y) <= max_trials:
+            return np.arange(len(self.y))
+        ids = pd.unique(self.clusters)
+        keep = rng.permutation(ids)[: max(2, int(len(ids) * max_trials / len(self.y)))]
+        return np.flatnonzero(np.isin(self.clusters, keep))
+
+
+#: Importance methods by name (registration order: the report's order).
+METHODS: dict[str, type["FactorImportance"]] = {}
+
+
+def register_method(name: str):
+    """Class decorator: the class becomes importance method ``name`` (a plugin's too)."""
+    def decorate(cls):
+        if name in METHODS and METHODS[name] is not cls:
+            raise ValueError(f"importance method {name!r} is registered twice")
+        cls.name = name
+        METHODS[name] = cls
+        return cls
+
+    return decorate
 
 
 def broken_labels(y: np.ndarray, threshold: float | None = None, quantile: float = 0.25) -> tuple[np.ndarray, float]:
@@ -38,41 +117,164 @@ def group_sum(values: pd.Series, groups: dict[str, str]) -> pd.Series:
     return values.groupby(values.index.map(groups)).sum()
 
 
+def holm(p: pd.Series) -> pd.Series:
+    """Holm-adjusted p-values (NaN stays NaN)."""
+    from statsmodels.stats.multitest import multipletests
+
+    out = pd.Series(np.nan, index=p.index)
+    ok = p.notna()
+    if ok.any():
+        out[ok] = multipletests(p[ok].to_numpy(float), method="holm")[1]
+    return out
+
+
 class FactorImportance(BaseEstimator, ABC):
+    """Base of every importance method; ``name`` is set by :func:`register_method`."""
+
     name: ClassVar[str]
-    input: ClassVar[str] = "encoded"
     #: fewest trials with a target value the method needs.
     min_trials: ClassVar[int] = 10
 
-    def _check(self, y: np.ndarray) -> np.ndarray:
-        finite = np.isfinite(y)
+    def _finite(self, design: Design) -> np.ndarray:
+        finite = np.isfinite(design.y)
         if finite.sum() < self.min_trials:
             raise InputError(f"{self.name} needs at least {self.min_trials} trials with a target value, "
                              f"got {int(finite.sum())}")
-        if np.ptp(y[finite]) == 0:
+        if np.ptp(design.y[finite]) == 0:
             raise InputError(f"{self.name}: the target is constant, nothing to explain")
-        return finite
+        return np.flatnonzero(finite)
 
     @abstractmethod
-    def fit(self, X: pd.DataFrame, y, groups: dict[str, str]) -> "FactorImportance": ...
+    def fit(self, design: Design) -> "FactorImportance": ...
+
+    def _result(self, importance: pd.Series, low=np.nan, high=np.nan, p_value=np.nan,
+                verdict="") -> pd.DataFrame:
+        return pd.DataFrame({"importance": importance, "low": low, "high": high, "p_value": p_value,
+                             "verdict": verdict})
+
+
+@register_method("forest")
+class ForestImportance(FactorImportance):
+    """Held-out permutation importance of a random-forest surrogate, with a null per knob.
+
+    Folds are grouped by configuration (GroupKFold), so no configuration is in a fold's
+    training and test rows. In each test fold a knob's columns are permuted across whole
+    configurations (``n_repeats`` times); a knob's importance is the mean rise in held-out
+    squared error over the configurations, as a share of the target's variance (drop in R^2).
+    Its null reference: a knob the surrogate cannot use to predict unseen configurations has
+    mean rise 0; the one-sided p-value tests mean > 0 across the folds (t with cv - 1 degrees
+    of freedom; each fold has its own model), Holm-adjusted across knobs. Verdict: "matters"
+    where the adjusted p < ``alpha``, "does not matter" where the upper end of the
+    ``1 - alpha`` interval is below ``negligible``, else "cannot tell". Knobs with
+    importance <= 0 are unranked.
+
+    The held-out fit (``cv_score_``: grouped-CV R^2, and ``cv_p_``: the one-sided p, across
+    folds, of "the surrogate predicts unseen configurations no better than their mean") gates
+    any use of its ranking. ``draws_``: joint draws (rows) of every knob's importance from the
+    folds' spread and covariance (multivariate t, ``n_boot`` of them), for rank probabilities
+    (:mod:`analysis.ranking`). Intervals are t intervals over the folds.
+
+    Parameters: n_estimators, min_samples_leaf, max_features (the forest); cv (folds);
+    n_repeats (permutations per knob and fold); n_boot (draws for rank probabilities);
+    max_trials (rows used: whole configurations drawn at random above it; stated in the report);
+    alpha; negligible (share of variance below which a knob "does not matter").
+    """
+
+    def __init__(self, n_estimators: int = 30, min_samples_leaf: int = 3, max_features: float = 0.5,
+                 cv: int = 10, n_repeats: int = 2, n_boot: int = 400, max_trials: int = 1500,
+                 alpha: float = 0.05, negligible: float = 0.01, random_state: int = 0):
+        self.n_estimators = n_estimators
+        self.min_samples_leaf = min_samples_leaf
+        self.max_features = max_features
+        self.cv = cv
+        self.n_repeats = n_repeats
+        self.n_boot = n_boot
+        self.max_trials = max_trials
+        self.alpha = alpha
+        self.negligible = negligible
+        self.random_state = random_state
+
+    def fit(self, design: Design) -> "ForestImportance":
+        rng = np.random.default_rng(self.random_state)
+        design = design.subset(self._finite(design))
+        design = design.subset(design.sample_configurations(self.max_trials, rng))
+        _, clusters = np.unique(design.clusters, return_inverse=True)
+        n_configs = clusters.max() + 1
+        if n_configs < 2 * self.cv:
+            raise InputError(f"{self.name} needs at least {2 * self.cv} distinct configurations, got {n_configs}")
+        X, y = design.X.to_numpy(float), design.y
+        knobs = design.knobs
+        columns = {k: [i for i, c in enumerate(design.X.columns) if design.groups[c] == k] for k in knobs}
+        forest = RandomForestRegressor(n_estimators=self.n_estimators, min_samples_leaf=self.min_samples_leaf,
+                                       max_features=self.max_features, random_state=self.random_state)
+        # Per-configuration sums of squared error: base model, mean predictor, each knob permuted.
+        base_loss = np.zeros(n_configs)
+        mean_loss = np.zeros(n_configs)
+        rise = np.zeros((n_configs, len(knobs)))
+        fold_of = np.zeros(n_configs, int)
+        self.estimators_ = []
+        for fold, (train, test) in enumerate(GroupKFold(self.cv).split(X, y, clusters)):
+            model = clone(forest).fit(X[train], y[train])
+            self.estimators_.append(model)
+            Xt, yt, ct = X[test], y[test], clusters[test]
+            fold_of[ct] = fold
+            base = (model.predict(Xt) - yt) ** 2
+            np.add.at(base_loss, ct, base)
+            np.add.at(mean_loss, ct, (y[train].mean() - yt) ** 2)
+            ids, first = np.unique(ct, return_index=True)
+            position = np.searchsorted(ids, ct)
+            # Every permuted copy of the test fold in one predict call (per-call overhead dominates).
+            copies = []
+            for knob in knobs:
+                for _ in range(self.n_repeats):
+                    moved = Xt.copy()
+                    # Whole configurations swap their values of this knob (repeats stay together).
+                    donor = first[rng.permutation(len(ids))][position]
+                    moved[:, columns[knob]] = Xt[donor][:, columns[knob]]
+                    copies.append(moved)
+            predicted = model.predict(np.vstack(copies)).reshape(len(knobs), self.n_repeats, len(yt))
+            excess = ((predicted - yt) ** 2 - base).mean(1)  # knobs x test rows
+            for j in range(len(knobs)):
+                np.add.at(rise[:, j], ct, excess[j])
+        scale = float(((y - y.mean()) ** 2).sum())  # total squared deviation: rises become shares of R^2
+        self.cv_score_ = 1 - base_loss.sum() / mean_loss.sum()
+        gain = (mean_loss - base_loss) / scale  # per configuration: its part of the held-out R^2
+        share = rise / scale
+        # Tests across folds: each fold has its own model, so the spread of the fold estimates holds
+        # the surrogate's fit-to-fit variation as well as the configurations' (a per-configuration
+        # standard error misses the first and calls noise knobs important).
+        fold_share = np.array([share[fold_of == f].mean(0) for f in range(self.cv)]) * n_configs
+        fold_gain = np.array([gain[fold_of == f].mean() for f in range(self.cv)]) * n_configs
+        importance = pd.Series(share.sum(0), index=knobs)
+        se = pd.Series(fold_share.std(0, ddof=1) / np.sqrt(self.cv), index=knobs)
+        p = pd.Series(student_t.sf(importance / se.where(se > 0), self.cv - 1), index=knobs).fillna(1.0)
+        # Joint draws of every knob's importance for rank probabilities: multivariate t with the
+        # folds' covariance (the same spread as the per-knob tests above).
+        cov = np.atleast_2d(np.cov(fold_share.T, ddof=1)) / self.cv
+        normal = rng.multivariate_normal(np.zeros(len(knobs)), cov, self.n_boot, method="eigh",
+                                         check_valid="ignore")
+        scale_t = np.sqrt((self.cv - 1) / rng.chisquare(self.cv - 1, self.n_boot))[:, None]
+        self.draws_ = pd.DataFrame(importance.to_numpy() + normal * scale_t, columns=knobs)
+        self.cv_p_ = float(student_t.sf(fold_gain.mean() / max(fold_gain.std(ddof=1) / np.sqrt(self.cv), 1e-300),
+                                        self.cv - 1))
+        z = student_t.ppf(1 - self.alpha / 2, self.cv - 1)
+        p_adjusted = holm(p)
+        low, high = importance - z * se, importance + z * se
+        verdict = np.where(p_adjusted < self.alpha, MATTERS,
+                           np.where(high < self.negligible, DOES_NOT, CANNOT_TELL))
+        self.factor_importances_ = self._result(importance, low, high, p_adjusted, verdict)
+        self.n_trials_, self.n_configs_ = len(y), int(n_configs)
+        return self
 
 
 class TreeImportance(FactorImportance):
-    """A decision tree (depth by cross-validation); impurity importances and its rules.
+    """One decision tree, depth chosen by grouped CV; impurity importances and its rules
+    (``rules_``). Regressor or classifier by ``task`` (subclasses below)."""
 
-    Parameters
-    ----------
-    task : "regressor" (target: the score) or "classifier" (target: broken vs good).
-    max_depths : depths tried by GridSearchCV.
-    cv : folds.
-    threshold, quantile : the classifier's broken cut (score <= threshold, default the bottom quantile).
-    max_trials : rows used for the depth search (a random subsample above it; the final tree uses all).
-    """
+    task: ClassVar[str]
 
-    def __init__(self, task: str = "regressor", max_depths=(1, 2, 3, 4, 5, 6, 8), cv: int = 5,
-                 threshold: float | None = None, quantile: float = 0.25, max_trials: int = 2000,
-                 random_state: int = 0):
-        self.task = task
+    def __init__(self, max_depths=(1, 2, 3, 4, 5, 6, 8), cv: int = 5, threshold: float | None = None,
+                 quantile: float = 0.25, max_trials: int = 2000, random_state: int = 0):
         self.max_depths = max_depths
         self.cv = cv
         self.threshold = threshold
@@ -80,114 +282,88 @@ class TreeImportance(FactorImportance):
         self.max_trials = max_trials
         self.random_state = random_state
 
-    @property
-    def name(self) -> str:
-        return f"tree_{self.task}"
+    def _target(self, design: Design) -> tuple[np.ndarray, np.ndarray]:
+        raise NotImplementedError
 
-    def _target(self, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        if self.task == "regressor":
-            return self._check(y), y
-        labels, self.threshold_ = broken_labels(y, self.threshold, self.quantile)
-        if labels.min() == labels.max():
-            raise InputError(f"{self.name}: every trial is {'broken' if labels[0] else 'good'} at "
-                             f"threshold {self.threshold_:g}")
-        if np.bincount(labels).min() < self.cv:
-            raise InputError(f"{self.name} needs at least {self.cv} broken and {self.cv} good trials")
-        return np.ones(len(y), bool), labels
-
-    def fit(self, X: pd.DataFrame, y, groups: dict[str, str]) -> "TreeImportance":
-        y = np.asarray(y, float)
-        rows, target = self._target(y)
-        X, target = X[rows], target[rows]
-        if len(target) < 2 * self.cv:
-            raise InputError(f"{self.name} needs at least {2 * self.cv} trials, got {len(target)}")
-        base = (DecisionTreeRegressor if self.task == "regressor" else DecisionTreeClassifier)(
+    def fit(self, design: Design) -> "TreeImportance":
+        rows, target = self._target(design)
+        design, target = design.subset(rows), target[rows]
+        _, clusters = np.unique(design.clusters, return_inverse=True)
+        if clusters.max() + 1 < 2 * self.cv:
+            raise InputError(f"{self.name} needs at least {2 * self.cv} trials in distinct configurations, "
+                             f"got {clusters.max() + 1}")
+        regressor = self.task == "regressor"
+        base = (DecisionTreeRegressor if regressor else DecisionTreeClassifier)(
             random_state=self.random_state, min_samples_leaf=max(2, len(target) // 200))
         rng = np.random.default_rng(self.random_state)
-        search_rows = np.sort(rng.choice(len(target), min(len(target), self.max_trials), replace=False))
-        splitter = (KFold if self.task == "regressor" else StratifiedKFold)(
-            self.cv, shuffle=True, random_state=self.random_state)
+        search_rows = design.sample_configurations(self.max_trials, rng)
+        splitter = GroupKFold(self.cv) if regressor else StratifiedGroupKFold(self.cv)
         search = GridSearchCV(base, {"max_depth": list(self.max_depths)}, cv=splitter)
-        Xv = X.to_numpy(float)  # arrays: sklearn's per-call DataFrame checks are slow on wide tables
-        search.fit(Xv[search_rows], target[search_rows])
+        Xv = design.X.to_numpy(float)  # arrays: sklearn's per-call DataFrame checks are slow on wide tables
+        search.fit(Xv[search_rows], target[search_rows], groups=clusters[search_rows])
         self.best_depth_ = int(search.best_params_["max_depth"])
-        self.cv_score_ = float(search.best_score_)  # R^2 or accuracy on held-out folds
+        # The best of several depths on the same folds: a description, not a held-out score.
+        self.cv_score_ = float(search.best_score_)
         self.estimator_ = clone(base).set_params(max_depth=self.best_depth_).fit(Xv, target)
-        self.feature_importances_ = pd.Series(self.estimator_.feature_importances_, index=X.columns)
-        imp = group_sum(self.feature_importances_, groups)
-        self.factor_importances_ = pd.DataFrame({"importance": imp, "low": np.nan, "high": np.nan})
-        self.rules_ = export_text(self.estimator_, feature_names=list(X.columns), decimals=3)
+        self.feature_importances_ = pd.Series(self.estimator_.feature_importances_, index=design.X.columns)
+        self.factor_importances_ = self._result(group_sum(self.feature_importances_, design.groups))
+        self.rules_ = export_text(self.estimator_, feature_names=list(design.X.columns), decimals=3)
         self.n_trials_ = len(target)
         return self
 
 
-class PermutationImportance(FactorImportance):
-    """Permutation importance of a CV-depth tree on held-out folds, summed per knob.
+@register_method("tree_regressor")
+class TreeRegressorImportance(TreeImportance):
+    """The score's decision tree (trials with a score)."""
 
-    ``factor_importances_`` holds the mean drop in R^2 over folds x repeats with a
-    5-95 % interval; ``feature_importances_`` the per-column means.
-    """
+    task = "regressor"
 
-    name = "permutation"
+    def _target(self, design: Design):
+        return self._finite(design), design.y
 
-    def __init__(self, cv: int = 3, n_repeats: int = 3, max_trials: int = 2000, random_state: int = 0):
-        self.cv = cv
-        self.n_repeats = n_repeats
-        self.max_trials = max_trials
-        self.random_state = random_state
+    def describe(self) -> str:
+        return f"depth {self.best_depth_} by grouped CV, R^2 {self.cv_score_:.3f} at that depth"
 
-    def fit(self, X: pd.DataFrame, y, groups: dict[str, str]) -> "PermutationImportance":
-        y = np.asarray(y, float)
-        rows = self._check(y)
-        X, y = X[rows], y[rows]
-        rng = np.random.default_rng(self.random_state)
-        keep = np.sort(rng.choice(len(y), min(len(y), self.max_trials), replace=False))
-        X, y = X.iloc[keep], y[keep]
-        self.n_trials_ = len(y)
-        tree = TreeImportance(max_trials=self.max_trials, random_state=self.random_state).fit(X, y, groups)
-        draws = []  # one row of per-feature drops per fold x repeat
-        Xv = X.to_numpy(float)  # arrays: sklearn's per-call DataFrame checks dominate otherwise
-        for train, test in KFold(self.cv, shuffle=True, random_state=self.random_state).split(Xv):
-            model = clone(tree.estimator_).fit(Xv[train], y[train])
-            result = permutation_importance(model, Xv[test], y[test], n_repeats=self.n_repeats,
-                                            random_state=self.random_state)
-            draws.append(result.importances.T)
-        draws = pd.DataFrame(np.vstack(draws), columns=X.columns)
-        self.feature_importances_ = draws.mean()
-        per_knob = draws.T.groupby(draws.columns.map(groups)).sum().T
-        self.factor_importances_ = pd.DataFrame({"importance": per_knob.mean(),
-                                                 "low": per_knob.quantile(0.05),
-                                                 "high": per_knob.quantile(0.95)})
-        return self
+
+@register_method("tree_classifier")
+class TreeClassifierImportance(TreeImportance):
+    """Broken vs good: a trial is broken when it has no score (errored, diverged) or scores at or
+    below ``threshold`` (default: the bottom ``quantile``)."""
+
+    task = "classifier"
+
+    def _target(self, design: Design):
+        labels_, self.threshold_ = broken_labels(design.y, self.threshold, self.quantile)
+        if labels_.min() == labels_.max():
+            raise InputError(f"{self.name}: every trial is {'broken' if labels_[0] else 'good'} at "
+                             f"threshold {self.threshold_:g}")
+        if np.bincount(labels_).min() < self.cv:
+            raise InputError(f"{self.name} needs at least {self.cv} broken and {self.cv} good trials")
+        return np.arange(len(labels_)), labels_
+
+    def describe(self) -> str:
+        return (f"depth {self.best_depth_} by grouped CV, accuracy {self.cv_score_:.3f}; broken: no score "
+                f"or score <= {self.threshold_:g}")
 
 
 class OptunaImportance(FactorImportance):
-    """Optuna's fANOVA or PED-ANOVA on an in-memory study rebuilt from the trials.
+    """Optuna's importance evaluators on an in-memory study rebuilt from the trials.
 
-    Categorical knobs, and numeric knobs that were sometimes not applicable, enter
-    as categorical parameters (``n/a`` a category), as do numbers with at most
-    ``max_levels`` distinct values; other numbers as float
-    distributions (log where the knob's space is log). Categorical parameters with
-    more than ``max_levels`` levels are left out (listed in ``skipped_``): the
-    cost of Optuna's fANOVA marginals explodes with them (200 trials with a
-    40-level knob took 40 s here).
+    Categorical knobs, and numeric knobs that were sometimes not applicable, enter as
+    categorical parameters (``n/a`` a category), as do numbers with at most ``max_levels``
+    distinct values; other numbers as float distributions (log where the knob's space is
+    log). Categorical parameters with more than ``max_levels`` levels are left out
+    (``skipped_``): the cost of Optuna's fANOVA marginals explodes with them. At most
+    ``max_trials`` trials (whole configurations, at random) enter. No interval, no null.
     """
 
-    input = "raw"
-
-    def __init__(self, evaluator: str = "fanova", max_trials: int = 500, max_levels: int = 16,
-                 n_trees: int = 16, max_depth: int = 8, maximize: bool = True, random_state: int = 0):
-        self.evaluator = evaluator
-        self.n_trees = n_trees
-        self.max_depth = max_depth
+    def __init__(self, max_trials: int = 500, max_levels: int = 16, random_state: int = 0):
         self.max_trials = max_trials
         self.max_levels = max_levels
-        self.maximize = maximize
         self.random_state = random_state
 
-    @property
-    def name(self) -> str:
-        return self.evaluator
+    def _evaluator(self):
+        raise NotImplementedError
 
     def _distributions(self, raw: pd.DataFrame):
         import optuna
@@ -206,102 +382,61 @@ class OptunaImportance(FactorImportance):
                 if len(levels) > self.max_levels:
                     self.skipped_[knob] = f"{len(levels)} levels > max_levels={self.max_levels}"
                     continue
-                dists[knob] = optuna.distributions.CategoricalDistribution(levels)
+                if len(levels) > 1:
+                    dists[knob] = optuna.distributions.CategoricalDistribution(levels)
             elif numeric.min() < numeric.max():
                 log = bool(spec is not None and spec.log and numeric.min() > 0)
                 dists[knob] = optuna.distributions.FloatDistribution(float(numeric.min()), float(numeric.max()),
                                                                      log=log)
         return dists
 
-    def fit(self, X: pd.DataFrame, y, groups: dict[str, str] | None = None) -> "OptunaImportance":
+    def fit(self, design: Design) -> "OptunaImportance":
         import optuna
 
-        y = np.asarray(y, float)
-        rows = self._check(y)
         rng = np.random.default_rng(self.random_state)
-        keep = np.flatnonzero(rows)
-        keep = np.sort(rng.choice(keep, min(len(keep), self.max_trials), replace=False))
-        raw = mark_not_applicable(X.iloc[keep], list(X.columns))
+        design = design.subset(self._finite(design))
+        design = design.subset(design.sample_configurations(self.max_trials, rng))
+        raw = design.raw[design.knobs]
         dists = self._distributions(raw)
         if not dists:
             raise InputError(f"{self.name}: no knob varies")
-        direction = "maximize" if self.maximize else "minimize"
         optuna.logging.set_verbosity(optuna.logging.WARNING)  # one 'study created' line per fit otherwise
-        study = optuna.create_study(direction=direction)
+        study = optuna.create_study(direction="maximize")  # the design's target: higher is better
         columns = {k: (labels(raw[k]) if isinstance(d, optuna.distributions.CategoricalDistribution)
                        else raw[k].astype(float)).to_list() for k, d in dists.items()}
-        trials = [optuna.trial.create_trial(value=float(value), distributions=dists,
-                                            params={k: columns[k][i] for k in dists})
-                  for i, value in enumerate(y[keep])]
-        study.add_trials(trials)
-        evaluator = (optuna.importance.FanovaImportanceEvaluator(
-            n_trees=self.n_trees, max_depth=self.max_depth, seed=self.random_state)
-                     if self.evaluator == "fanova" else optuna.importance.PedAnovaImportanceEvaluator())
+        study.add_trials([optuna.trial.create_trial(value=float(value), distributions=dists,
+                                                    params={k: columns[k][i] for k in dists})
+                          for i, value in enumerate(design.y)])
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # Optuna warns that these evaluators are experimental
-            imp = optuna.importance.get_param_importances(study, evaluator=evaluator, normalize=True)
-        self.n_trials_ = len(keep)
-        self.factor_importances_ = pd.DataFrame({"importance": pd.Series(imp), "low": np.nan, "high": np.nan})
+            imp = optuna.importance.get_param_importances(study, evaluator=self._evaluator(), normalize=True)
+        self.n_trials_ = len(design.y)
+        self.factor_importances_ = self._result(pd.Series(imp, dtype=float))
         return self
 
 
-class BootstrapRanks(BaseEstimator):
-    """Stability of the tree's grouped importance: bootstrap over configurations and seeds.
+@register_method("fanova")
+class FanovaImportance(OptunaImportance):
+    """Optuna's fANOVA (random-forest variance decomposition)."""
 
-    Resamples configurations (rows with the same knobs except the seed) with
-    replacement, then seeds within each chosen configuration where repeats exist,
-    refits the tree at ``depth`` and ranks the knobs. ``ranks_`` has, per knob, the
-    median rank, its ``1 - alpha`` interval, the importance interval and
-    ``p_first`` (share of resamples where it ranks first).
-    """
-
-    def __init__(self, depth: int = 4, n_boot: int = 50, max_trials: int = 2000, alpha: float = 0.1,
+    def __init__(self, n_trees: int = 16, max_depth: int = 8, max_trials: int = 500, max_levels: int = 16,
                  random_state: int = 0):
-        self.depth = depth
-        self.n_boot = n_boot
-        self.max_trials = max_trials
-        self.alpha = alpha
-        self.random_state = random_state
+        super().__init__(max_trials=max_trials, max_levels=max_levels, random_state=random_state)
+        self.n_trees = n_trees
+        self.max_depth = max_depth
 
-    def fit(self, X: pd.DataFrame, y, groups: dict[str, str], clusters=None) -> "BootstrapRanks":
-        y = np.asarray(y, float)
-        rows = np.isfinite(y)
-        X, y = X[rows], y[rows]
-        clusters = np.arange(len(y)) if clusters is None else np.asarray(clusters)[rows]
-        _, clusters = np.unique(clusters, return_inverse=True)
-        order = np.argsort(clusters, kind="stable")
-        members = np.split(order, np.flatnonzero(np.diff(clusters[order])) + 1)
-        rng = np.random.default_rng(self.random_state)
-        n_pick = max(1, int(len(members) * min(1.0, self.max_trials / len(y))))
-        self.n_trials_ = min(len(y), self.max_trials)
-        knobs = list(dict.fromkeys(groups[c] for c in X.columns))
-        imps, ranks = [], []
-        tree = DecisionTreeRegressor(max_depth=self.depth, random_state=self.random_state)
-        Xv = X.to_numpy()
-        repeats = max(len(m) for m in members) > 1
-        single = np.array([m[0] for m in members])
-        for _ in range(self.n_boot):
-            picked = rng.integers(0, len(members), n_pick)
-            idx = (np.concatenate([rng.choice(members[c], len(members[c])) for c in picked]) if repeats
-                   else single[picked])  # one trial per configuration
-            fitted = tree.fit(Xv[idx], y[idx])
-            imp = group_sum(pd.Series(fitted.feature_importances_, index=X.columns), groups).reindex(knobs)
-            imps.append(imp)
-            ranks.append(imp.rank(ascending=False, method="min"))
-        imps, ranks = pd.DataFrame(imps), pd.DataFrame(ranks)
-        lo, hi = self.alpha / 2, 1 - self.alpha / 2
-        self.ranks_ = pd.DataFrame({"rank": ranks.median(), "rank_low": ranks.quantile(lo),
-                                    "rank_high": ranks.quantile(hi), "low": imps.quantile(lo),
-                                    "high": imps.quantile(hi), "p_first": (ranks == 1).mean()})
-        self.has_repeats_ = bool(repeats)
-        return self
+    def _evaluator(self):
+        import optuna
+
+        return optuna.importance.FanovaImportanceEvaluator(n_trees=self.n_trees, max_depth=self.max_depth,
+                                                           seed=self.random_state)
 
 
-#: Importance methods by name; each builds an unfitted estimator.
-METHODS: dict[str, type] = {
-    "tree_regressor": lambda **kw: TreeImportance(task="regressor", **kw),
-    "tree_classifier": lambda **kw: TreeImportance(task="classifier", **kw),
-    "permutation": PermutationImportance,
-    "fanova": lambda **kw: OptunaImportance(evaluator="fanova", **kw),
-    "ped_anova": lambda **kw: OptunaImportance(evaluator="ped_anova", **kw),
-}
+@register_method("ped_anova")
+class PedAnovaImportance(OptunaImportance):
+    """Optuna's PED-ANOVA (how the top trials' knob distribution differs from all trials')."""
+
+    def _evaluator(self):
+        import optuna
+
+        return optuna.importance.PedAnovaImportanceEvaluator()

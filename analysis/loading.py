@@ -33,7 +33,7 @@ STATUS_TREATMENT = {
     "ok": "used as reported (final epoch)",
     "early_stopped": "in claims: its score at the rung every compared trial reached, carried to the final "
                      "budget by the regression of final on that score among the trials that went on "
-                     "(the completed-only view is shown beside it); elsewhere its last reported value",
+                     "(the completed-only view is shown beside it); left out of importance and the ranking claim",
     "error": "no target value: a failure; claims compare failure rates (Fisher exact) and, where a claim "
              "is about 'better', give it the worst observed score (worst rank); counted as 'broken' by "
              "the good/broken classifier",

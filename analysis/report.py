@@ -1,246 +1,299 @@
 """The analysis report: trials.csv, importance.csv, findings.csv, tree.txt and report.html.
 
-``build_report`` runs every registered importance method it can; a method that
-cannot run on the data (too few trials, constant target, one class only) is
-listed in the report with the reason and the rest is still written. If nothing
-at all could be computed it raises InputError after writing what it has.
+``build_report`` loads the trials, fits every registered importance method it can on one
+:class:`~analysis.importance.Design`, judges the findings on one
+:class:`~analysis.findings.Evidence` (which carries the fitted methods for the kinds that
+use them) and renders ``templates/report.html.j2``. Each section of the page has one small
+function here that gathers its data; the templates only lay it out. The page opens with
+the verdicts, then which knobs matter, then the detail. A method that cannot run on the
+data is listed with the reason and the rest is still written; if no method at all could
+run, InputError is raised after writing what could be computed.
 """
 
 from __future__ import annotations
 
-import html
 import time
 from pathlib import Path
+from typing import Sequence
 
+import jinja2
 import numpy as np
 import pandas as pd
 
 from routed_study.analysis import charts
 from routed_study.analysis.encoding import KnobEncoder, mark_not_applicable
-from routed_study.analysis.findings import evaluate_findings, load_findings
-from routed_study.analysis.importance import METHODS, BootstrapRanks
+from routed_study.analysis.findings import CORRECTION_TEXT, Evidence, evaluate_findings, load_findings
+from routed_study.analysis.importance import METHODS, Design
+from routed_study.analysis.interactions import pair_strengths
 from routed_study.analysis.loading import STATUS_TREATMENT, load_trials
-from routed_study.trainables.errors import InputError
+from routed_study.analysis.ranking import EXTRAS_KEY
+from routed_study.analysis.routing import router_asymmetry
+from routed_study.trainables.errors import InputError, format_choices
+from routed_study.trainables.plugins import load_plugins
+
+TEMPLATES = jinja2.Environment(loader=jinja2.PackageLoader("routed_study.analysis", "templates"),
+                               autoescape=True, undefined=jinja2.StrictUndefined)
 
 
-def _rank(values: pd.Series) -> pd.Series:
-    return values.rank(ascending=False, method="min")
+def _fmt(value, digits: int = 3) -> str:
+    if value is None or (isinstance(value, float) and not np.isfinite(value)):
+        return ""
+    if isinstance(value, (int, np.integer)):
+        return str(int(value))
+    return f"{float(value):.{digits}g}"
 
 
-def _table(frame: pd.DataFrame, cls: str = "data", float_format="{:.4g}".format) -> str:
-    return frame.to_html(classes=cls, float_format=float_format, na_rep="", border=0, escape=True)
+def _table(frame: pd.DataFrame, cls: str = "data") -> str:
+    return frame.to_html(classes=cls, float_format="{:.4g}".format, na_rep="", border=0, escape=True)
 
 
-def _router_section(best: pd.DataFrame, target: str, top: int = 3) -> str:
-    """Heatmaps of the best trials' router matrices plus the F17 asymmetry of task -> source use."""
+def fit_methods(design: Design, names: Sequence[str], random_state: int) -> tuple[dict, dict]:
+    """Fit each named method with its own defaults (and the report's random_state where it takes one)."""
+    fitted, skipped = {}, {}
+    for name in names:
+        cls = METHODS[name]
+        kwargs = {"random_state": random_state} if "random_state" in cls().get_params() else {}
+        try:
+            fitted[name] = cls(**kwargs).fit(design)
+        except InputError as exc:
+            skipped[name] = str(exc)
+    return fitted, skipped
+
+
+def importance_table(fitted: dict) -> pd.DataFrame:
+    """One row per method and knob; rank 1 = most important, importance <= 0 unranked."""
+    columns = ["factor", "method", "importance", "rank", "low", "high", "p_value", "verdict", "n_trials"]
     parts = []
+    for name, method in fitted.items():
+        imp = method.factor_importances_.copy()
+        imp["rank"] = imp["importance"].where(imp["importance"] > 0).rank(ascending=False, method="min")
+        imp["n_trials"] = method.n_trials_
+        parts.append(imp.rename_axis("factor").reset_index().assign(method=name))
+    return pd.concat(parts).reindex(columns=columns) if parts else pd.DataFrame(columns=columns)
+
+
+def interaction_pairs(entries) -> list[tuple[str, str, str]]:
+    """(claim, condition knob, knob) for every claim that compares a knob within a condition (F8, F9, F11)."""
+    return [(e.id, w, e.knob) for e in entries for w in (getattr(e, "within", None) or {})
+            if getattr(e, "knob", None) and w != e.knob]
+
+
+# --- sections: each gathers what its template shows -------------------------------------------------
+
+def verdict_section(verdicts: pd.DataFrame, alpha: float) -> dict:
+    rows = []
+    for r in verdicts.to_dict("records"):
+        effect = _fmt(r["effect"])
+        if effect and _fmt(r["ci_low"]):
+            effect += f" [{_fmt(r['ci_low'])}, {_fmt(r['ci_high'])}]"
+        size = f"{_fmt(r['n_configs'])} x {_fmt(r['n_seeds'])}" if _fmt(r["n_configs"]) else ""
+        view = r.get("view")
+        treatment = " ".join(str(x) for x in (f"view: {view};" if isinstance(view, str) else "",
+                                              r.get("treatment")) if isinstance(x, str) and x)
+        rows.append({"id": r["id"], "statement": r["statement"], "verdict": r["verdict"], "effect": effect,
+                     "size": size, "p_value": _fmt(r["p_value"]), "p_adjusted": _fmt(r["p_adjusted"]),
+                     "treatment": treatment, "needed": _fmt(r["trials_needed"]), "reason": r["reason"]})
+    return {"rows": rows, "n": len(rows), "correction": CORRECTION_TEXT, "alpha": alpha}
+
+
+def importance_section(importance: pd.DataFrame, fitted: dict, skipped: dict) -> dict:
+    section = {"chart": None, "skipped": skipped, "note": "", "null_table": [], "null_method": "",
+               "table": _table(importance.set_index(["method", "factor"])) if len(importance) else ""}
+    if not len(importance):
+        return section
+    section["chart"] = charts.importance_chart(importance)
+    section["note"] = "Trials per method: " + ", ".join(
+        f"{name} {m.n_trials_}" for name, m in fitted.items()) + ". " + " ".join(
+        f"{name}: {(m.__doc__ or '').strip().splitlines()[0]}" for name, m in fitted.items())
+    with_null = [n for n, m in fitted.items() if m.factor_importances_["verdict"].astype(bool).any()]
+    if with_null:
+        name = with_null[0]
+        imp = fitted[name].factor_importances_.sort_values("importance", ascending=False)
+        section["null_method"] = name
+        section["null_table"] = [
+            {"knob": knob, "verdict": r["verdict"], "css": r["verdict"].replace(" ", "-"),
+             "importance": f"{_fmt(r['importance'])} [{_fmt(r['low'])}, {_fmt(r['high'])}]", "p": _fmt(r["p_value"])}
+            for knob, r in imp.iterrows()]
+    return section
+
+
+def summary_section(table, evidence: Evidence, design: Design, encoder: KnobEncoder, fitted: dict, mode: str,
+                    started: float) -> dict:
+    frame, target = evidence.frame, table.target
+    ok = frame[np.isfinite(frame[target].to_numpy(float))]
+    sign = 1 if mode == "max" else -1
+    lines = [f"{len(frame)} trials in {len(np.unique(evidence.clusters))} configurations; target {target} "
+             f"({mode}imised)" + (f": best {sign * ok[target].max():.4g}, median {sign * ok[target].median():.4g}"
+                                  if len(ok) else ": no trial has a value")]
+    lines += [f"{count} {status}: {STATUS_TREATMENT.get(status, 'used as is')}"
+              for status, count in table.counts().items()]
+    stopped = int((frame["status"] == "early_stopped").sum()) if "status" in frame else 0
+    lines.append(f"Importance methods and the ranking claim (F1): {len(design.y)} completed or errored trials; "
+                 f"{stopped} early-stopped trials left out (a partly-trained score measures learning speed, "
+                 f"not the final score)")
+    lines.append(f"Knobs analysed: {len(encoder.knobs_)} ({len(encoder.feature_names_out_)} encoded columns; "
+                 f"a knob is not applicable where the knob table says it is inert); constant, left out: "
+                 f"{', '.join(encoder.constant_knobs_) or 'none'}")
+    for name, method in fitted.items():
+        if hasattr(method, "cv_score_") and hasattr(method, "cv_p_"):
+            lines.append(f"{name}: held-out fit on folds grouped by configuration, R^2 {method.cv_score_:.3f} "
+                         f"(p {method.cv_p_:.2g} that it predicts unseen configurations no better than their "
+                         f"mean); {method.n_trials_} trials of {method.n_configs_} configurations used")
+    lines += table.notes
+    lines.append(f"Analysis took {time.perf_counter() - started:.1f} s before this page was drawn.")
+    return {"source": str(table.source), "lines": lines}
+
+
+def interaction_section(fitted: dict, design: Design, entries) -> tuple[dict, pd.DataFrame | None]:
+    pairs = interaction_pairs(entries)
+    if "forest" not in fitted or not pairs:
+        return {"rows": [], "why": "No forest surrogate was fitted, or no claim names a pair of knobs."}, None
+    strengths = pair_strengths(fitted["forest"], design, pairs)
+    rows = [{"claim": r["claim"], "knobs": f"{r['knob_a']} x {r['knob_b']}",
+             "h": f"{_fmt(r['h'])} [{_fmt(r['low'])}, {_fmt(r['high'])}]" if np.isfinite(r["h"]) else "",
+             "note": r["note"]} for r in strengths.to_dict("records")]
+    return {"rows": rows, "why": ""}, strengths
+
+
+def best_section(table, best: pd.DataFrame) -> dict:
+    return {"table": _table(best.head(5)[["trial_id", "status", table.target, *table.knobs]].set_index("trial_id"))}
+
+
+def tree_sections(fitted: dict, design: Design) -> list[dict]:
+    """Every fitted method that has decision rules (``rules_``; a tree chart where it has ``estimator_``)."""
+    out = []
+    for name, method in fitted.items():
+        if not hasattr(method, "rules_"):
+            continue
+        chart = (charts.tree_chart(method.estimator_, list(design.X.columns)) if hasattr(method, "estimator_")
+                 else None)
+        describe = getattr(method, "describe", None)
+        out.append({"method": name, "description": describe() if describe else "", "chart": chart,
+                    "rules": method.rules_})
+    return out
+
+
+def factor_section(importance: pd.DataFrame, table, ok: pd.DataFrame, top: int = 4) -> dict:
+    if not len(importance):
+        return {"charts": [], "why": "No importance method could run."}
+    order = importance.groupby("factor")["rank"].median().sort_values().index[:top]
+    raw = mark_not_applicable(ok, table.knobs)
+    out = []
+    for knob in order:
+        numeric = pd.to_numeric(raw[knob], errors="coerce")
+        is_numeric = numeric.notna().all() and numeric.nunique() > 10
+        values = numeric if is_numeric else raw[knob].astype(str)
+        out.append({"knob": knob, "src": charts.factor_chart(values, ok[table.target], knob, table.target,
+                                                             is_numeric)})
+    return {"charts": out, "why": ""}
+
+
+def task_section(frame: pd.DataFrame, ok: pd.DataFrame, best: pd.DataFrame) -> dict:
+    tasks = [c for c in frame.columns if c.startswith("val/") and c.count("/") == 1]
+    if not tasks or not len(ok):
+        return {"table": ""}
+    return {"table": _table(pd.DataFrame({"mean": ok[tasks].mean(), "best trial": best[tasks].iloc[0],
+                                          "max": ok[tasks].max()}))}
+
+
+def router_section(best: pd.DataFrame, target: str, top: int = 3) -> dict:
+    """Heatmaps of the best trials' router matrices, labelled with the matrix's own rows and columns."""
     if "trial_dir" not in best:
-        return "<p>No trial folders in this source: router matrices are only read from a study directory.</p>"
+        return {"why": "No trial folders in this source: router matrices are only read from a study directory.",
+                "trials": []}
+    trials = []
+    asymmetry = router_asymmetry(best.head(top)).set_index("trial_id")
     for _, row in best.head(top).iterrows():
+        entry = {"trial_id": str(row["trial_id"]), "score": f"{target} = {row[target]:.4g}", "chart": None,
+                 "lines": []}
         path = Path(str(row["trial_dir"])) / "router_matrix.csv"
         if not path.is_file():
-            parts.append(f"<p>{html.escape(str(row['trial_id']))}: no router_matrix.csv in its folder.</p>")
+            entry["lines"].append("no router_matrix.csv in its folder")
+            trials.append(entry)
             continue
         matrix = pd.read_csv(path, index_col=0)
-        parts.append(f"<h3>{html.escape(str(row['trial_id']))} ({target} = {row[target]:.4g})</h3>")
-        parts.append(f'<img class="chart" alt="router heatmap" src="{charts.heatmap(matrix, "router logits")}">')
+        entry["chart"] = charts.heatmap(matrix, "router logits (rows: tasks; columns: candidates)")
         if not matrix.to_numpy(float).any():
             # Logits start at 0; still 0 means no gradient ever reached them.
-            parts.append("<p>The router never moved from its initial 0: in this configuration the scores do "
-                         "not shape the prompt (route_method=const, compose_method=concat, one selected "
-                         "candidate normalised to 1, or target_share=1), so it shows no routing.</p>")
-            continue
-        sources = [c for c in matrix.columns if c.startswith("source_")]
-        weights = 1 / (1 + np.exp(-matrix[sources].to_numpy(float)))  # sigmoid of the logits
-        uses = {task: sources[int(np.argmax(w))] for task, w in zip(matrix.index, weights)}
-        parts.append("<p>Strongest source per task: " + html.escape(
-            ", ".join(f"{t} -> {s}" for t, s in uses.items())) + "</p>")
-        n = len(matrix.index)
-        if len(sources) >= n:
-            # Directional use (F17) when source_i is read as task i's prompt: |S - S^T| / |S|.
-            square = weights[:, :n]
-            asym = float(np.linalg.norm(square - square.T) / max(np.linalg.norm(square), 1e-12))
-            parts.append(f"<p>Asymmetry of task-to-task use (source_i read as task i's prompt): "
-                         f"{asym:.3f} (0 = symmetric).</p>")
-    return "\n".join(parts) or "<p>No trials with a target value.</p>"
+            entry["lines"].append("The router never moved from its initial 0: in this configuration the scores do "
+                                  "not shape the prompt (route_method=const, compose_method=concat, one selected "
+                                  "candidate normalised to 1, or target_share=1), so it shows no routing.")
+        else:
+            strongest = matrix.idxmax(axis=1)  # the sigmoid is monotone: the largest logit is the strongest
+            entry["lines"].append("Strongest candidate per task: " + ", ".join(
+                f"{t} -> {c}" for t, c in strongest.items()))
+        mine = asymmetry.loc[row["trial_id"]]
+        entry["lines"].append(f"Asymmetry of task-to-task use (F17): {mine['asymmetry']:.3f} (0 = symmetric, "
+                              f"1 = one-way)" if mine["usable"] else f"No F17 asymmetry: {mine['why']}.")
+        trials.append(entry)
+    return {"why": "" if trials else "No trials with a target value.", "trials": trials}
 
 
 def build_report(source, out_dir, target: str = "score", mode: str = "max", findings=None,
-                 experiment: str | None = None, max_trials: int = 2000, optuna_max_trials: int = 500,
-                 n_boot: int = 50, random_state: int = 0) -> dict[str, Path]:
+                 experiment: str | None = None, methods: Sequence[str] | None = None,
+                 plugins: Sequence[str] = (), alpha: float = 0.05, random_state: int = 0) -> dict[str, Path]:
     """Analyse a study dir, CSV or MLflow URI; write the report files into ``out_dir``.
 
-    ``max_trials`` caps the trials of the depth search, permutation importance and
-    each bootstrap resample, ``optuna_max_trials`` those of fANOVA and PED-ANOVA
-    (random subsamples); the sizes used are stated in the report and importance.csv.
-    With ``mode="min"`` every method sees the negated target, so "greater" in a
-    finding and a high importance both mean "better". Returns the written paths by name.
+    ``methods``: importance methods to run (default: every registered one); ``plugins``: modules
+    imported first (a researcher's own importance methods and finding kinds). With
+    ``mode="min"`` every method and claim sees the negated target, so "greater" in a finding and
+    a high importance both mean "better". Returns the written paths by name.
     """
+    load_plugins(plugins, where="--plugins")
     if mode not in ("max", "min"):
         raise InputError(f"mode got {mode!r}; allowed values: 'max', 'min'")
+    names = list(METHODS) if methods is None else list(methods)
+    for name in names:
+        if name not in METHODS:
+            raise InputError(f"--methods: unknown importance method {name!r}; allowed values: "
+                             f"{format_choices(METHODS)}")
     started = time.perf_counter()
     table = load_trials(source, target=target, experiment=experiment)
-    claims = load_findings(findings)  # validate before any work
+    entries = load_findings(findings)  # validate before any work
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    frame = table.frame
-    y = frame[target].to_numpy(float)
-    better = y if mode == "max" else -y  # higher is better for every method below
     paths = {"trials": out / "trials.csv"}
-    frame.to_csv(paths["trials"], index=False)
+    table.frame.to_csv(paths["trials"], index=False)
 
-    configs = table.config_key
-    encoder = KnobEncoder().fit(frame[table.knobs])
-    X = encoder.transform(frame[table.knobs])
-    groups = encoder.groups_
-    raw = frame[table.knobs]
-    results, skipped, fitted = [], {}, {}
-    for name, factory in METHODS.items():
-        kwargs = {"random_state": random_state}
-        if name == "permutation":
-            kwargs["max_trials"] = max_trials
-        if name in ("fanova", "ped_anova"):
-            kwargs["max_trials"] = optuna_max_trials
-        method = factory(**kwargs)
-        try:
-            method.fit(raw if method.input == "raw" else X, better, groups)
-        except InputError as exc:
-            skipped[name] = str(exc)
-            continue
-        fitted[name] = method
-        table.notes += [f"{name}: left out knob {k} ({why})" for k, why in getattr(method, "skipped_", {}).items()]
-        imp = method.factor_importances_.copy()
-        imp["rank"] = _rank(imp["importance"])
-        imp["n_trials"] = method.n_trials_
-        results.append(imp.rename_axis("factor").reset_index().assign(method=name))
+    evidence = Evidence.from_table(table, mode=mode, alpha=alpha, random_state=random_state)
+    knobs = [k for k in table.knobs if k != "seed"]  # the seed is the repeat, never a factor
+    encoder = KnobEncoder().fit(table.frame[knobs])
+    design = Design.completed(evidence.frame, knobs, target, evidence.clusters, encoder)
+    fitted, skipped = fit_methods(design, names, random_state)
+    evidence.extras.update({"design": design, EXTRAS_KEY: fitted})
 
-    stability = None
-    if "tree_regressor" in fitted:
-        tree = fitted["tree_regressor"]
-        stability = BootstrapRanks(depth=tree.best_depth_, n_boot=n_boot, max_trials=max_trials,
-                                   random_state=random_state).fit(X, better, groups, clusters=configs)
-        boot = stability.ranks_
-        reg = results[list(fitted).index("tree_regressor")]
-        for col in ("low", "high", "rank_low", "rank_high", "p_first"):
-            reg[col] = reg["factor"].map(boot[col])
-    columns = ["factor", "method", "importance", "rank", "low", "high", "rank_low", "rank_high", "p_first",
-               "n_trials"]
-    importance = (pd.concat(results).reindex(columns=columns) if results else pd.DataFrame(columns=columns))
+    importance = importance_table(fitted)
     paths["importance"] = out / "importance.csv"
     importance.to_csv(paths["importance"], index=False)
-
-    ranking = tree_cv_score = None
-    if "tree_regressor" in fitted:
-        ranking = fitted["tree_regressor"].feature_importances_.sort_values(ascending=False)
-        tree_cv_score = fitted["tree_regressor"].cv_score_
-    signed = frame.assign(**{target: better})
-    verdicts = evaluate_findings(claims, signed, target, encoder.knobs_, feature_ranking=ranking, groups=groups,
-                                 tree_cv_score=tree_cv_score, random_state=random_state)
+    verdicts = evaluate_findings(entries, evidence)
     paths["findings"] = out / "findings.csv"
     verdicts.to_csv(paths["findings"], index=False)
 
+    interactions, strengths = interaction_section(fitted, design, entries)
+    if strengths is not None:
+        paths["interactions"] = out / "interactions.csv"
+        strengths.to_csv(paths["interactions"], index=False)
+    trees = tree_sections(fitted, design)
     paths["tree"] = out / "tree.txt"
-    tree_text = []
-    for name in ("tree_regressor", "tree_classifier"):
-        if name in fitted:
-            m = fitted[name]
-            extra = f", broken if {target} <= {m.threshold_:g}" if name == "tree_classifier" else ""
-            tree_text.append(f"# {name}: depth {m.best_depth_} (CV score {m.cv_score_:.3f}{extra})\n{m.rules_}")
-        else:
-            tree_text.append(f"# {name}: not fitted: {skipped[name]}\n")
-    paths["tree"].write_text("\n".join(tree_text))
+    paths["tree"].write_text("\n".join(f"# {t['method']}: {t['description']}\n{t['rules']}" for t in trees)
+                             + "".join(f"# {n}: not fitted: {why}\n" for n, why in skipped.items()))
 
+    frame = table.frame
+    ok = frame[np.isfinite(frame[target].to_numpy(float))]
+    best = ok.sort_values(target, ascending=(mode == "min"))
+    page = TEMPLATES.get_template("report.html.j2").render(
+        verdicts=verdict_section(verdicts, alpha),
+        importance=importance_section(importance, fitted, skipped),
+        interactions=interactions,
+        best=best_section(table, best),
+        trees=trees,
+        factors=factor_section(importance, table, ok),
+        tasks=task_section(frame, ok, best),
+        router=router_section(best, target),
+        summary=summary_section(table, evidence, design, encoder, fitted, mode, started))
     paths["html"] = out / "report.html"
-    paths["html"].write_text(_html(table, configs, X, encoder, importance, fitted, skipped, stability, verdicts,
-                                   mode, (max_trials, optuna_max_trials), n_boot, started))
+    paths["html"].write_text(page)
     if not fitted:
         raise InputError(f"{source}: no importance method could run ({'; '.join(skipped.values())}); "
                          f"what could be computed is in {out}")
     return paths
-
-
-def _html(table, configs, X, encoder, importance, fitted, skipped, stability, verdicts, mode, caps, n_boot,
-          started) -> str:
-    frame, target = table.frame, table.target
-    ok = frame[np.isfinite(frame[target].to_numpy(float))]
-    best = ok.sort_values(target, ascending=(mode == "min"))
-    s = []
-    s.append(f"<h1>Study analysis: {html.escape(str(table.source))}</h1>")
-    s.append("<h2 id='summary'>Summary</h2><ul>")
-    s.append(f"<li>{len(frame)} trials; target <code>{html.escape(target)}</code> ({mode}imised): "
-             f"best {best[target].iloc[0]:.4g}, median {ok[target].median():.4g}</li>" if len(ok) else
-             f"<li>{len(frame)} trials; no trial has a value of <code>{html.escape(target)}</code></li>")
-    for status, count in table.counts().items():
-        s.append(f"<li>{count} {html.escape(status)}: {html.escape(STATUS_TREATMENT.get(status, 'used as is'))}</li>")
-    s.append(f"<li>Knobs analysed: {len(encoder.knobs_)} ({X.shape[1]} encoded columns); constant, left out: "
-             f"{html.escape(', '.join(encoder.constant_knobs_) or 'none')}</li>")
-    s.append(f"<li>Subsampling: the tree depth search, permutation importance and each bootstrap resample use "
-             f"at most {caps[0]} trials, fANOVA and PED-ANOVA at most {caps[1]}, drawn at random; the final "
-             f"trees use all trials; the bootstrap draws {n_boot} resamples.</li>")
-    groups = ok.groupby(configs[ok.index])[target]
-    repeated = groups.std().dropna()
-    if len(repeated):
-        s.append(f"<li>Seed noise (F18): {len(repeated)} settings were repeated; median spread (std) of "
-                 f"{target} across seeds {repeated.median():.3g}.</li>")
-    for note in table.notes:
-        s.append(f"<li>{html.escape(note)}</li>")
-    s.append(f"<li>Analysis took {time.perf_counter() - started:.1f} s before this page was drawn.</li></ul>")
-    if skipped:
-        s.append("<h3>Methods not run</h3><table class='data' id='skipped'><tr><th>method</th><th>reason</th></tr>")
-        s += [f"<tr><td>{html.escape(k)}</td><td>{html.escape(v)}</td></tr>" for k, v in skipped.items()]
-        s.append("</table>")
-
-    s.append("<h2 id='best'>Best configurations</h2>")
-    s.append(_table(best.head(5)[["trial_id", "status", target, *table.knobs]].set_index("trial_id")))
-
-    s.append("<h2 id='importance'>Factor importance</h2>")
-    for method, part in importance.groupby("method", sort=False):
-        s.append(f"<h3>{html.escape(method)} ({int(part['n_trials'].iloc[0])} trials)</h3>")
-        s.append(f'<img class="chart" alt="importance {html.escape(method)}" '
-                 f'src="{charts.importance_chart(part, method)}">')
-    if stability is not None:
-        s.append("<h3>Rank stability (bootstrap over configurations"
-                 f"{' and seeds' if stability.has_repeats_ else ''}, {stability.n_trials_} trials per resample)</h3>")
-        s.append(_table(stability.ranks_.sort_values("rank").head(15)))
-    s.append(_table(importance.set_index(["method", "factor"])))
-
-    if "tree_regressor" in fitted:
-        tree = fitted["tree_regressor"]
-        s.append(f"<h2 id='tree'>Decision tree (depth {tree.best_depth_} by CV, R<sup>2</sup> {tree.cv_score_:.3f})</h2>")
-        s.append(f'<img class="chart" alt="decision tree" src="{charts.tree_chart(tree.estimator_, list(X.columns))}">')
-        s.append(f"<pre>{html.escape(tree.rules_)}</pre>")
-        top = tree.factor_importances_["importance"].sort_values(ascending=False).head(4).index
-        s.append("<h2 id='factors'>Score against the top factors</h2>")
-        raw = mark_not_applicable(ok, table.knobs)
-        for knob in top:
-            numeric = pd.to_numeric(raw[knob], errors="coerce")
-            is_numeric = numeric.notna().all() and numeric.nunique() > 10
-            values = numeric if is_numeric else raw[knob].astype(str)
-            s.append(f'<img class="chart" alt="{html.escape(knob)}" '
-                     f'src="{charts.factor_chart(values, ok[target], knob, target, is_numeric)}">')
-
-    tasks = [c for c in frame.columns if c.startswith("val/") and c.count("/") == 1]
-    if tasks:
-        s.append("<h2 id='tasks'>Per-task scores</h2>")
-        per_task = pd.DataFrame({"mean": ok[tasks].mean(), "best trial": best[tasks].iloc[0],
-                                 "max": ok[tasks].max()})
-        s.append(_table(per_task))
-
-    s.append("<h2 id='router'>Router heatmaps of the best trials</h2>")
-    s.append(_router_section(best, target))
-
-    s.append("<h2 id='findings'>Findings</h2>")
-    s.append(_table(verdicts.set_index("id"), cls="data findings"))
-    body = "\n".join(s)
-    return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>Study analysis</title>
-<style>
-body {{ font-family: sans-serif; margin: 2em; max-width: 1200px; }}
-table.data {{ border-collapse: collapse; font-size: 12px; margin: 1em 0; }}
-table.data td, table.data th {{ border: 1px solid #ccc; padding: 2px 6px; }}
-img.chart {{ max-width: 100%; margin: 0.5em; }}
-pre {{ background: #f6f6f6; padding: 1em; overflow-x: auto; font-size: 11px; }}
-</style></head><body>
-{body}
-</body></html>
-"""

@@ -89,7 +89,7 @@ def _resume(args: argparse.Namespace) -> int:
 
 def _analyze(args: argparse.Namespace) -> int:
     from routed_study.analysis.report import build_report
-    from routed_study.study.location import is_uri
+    from routed_study.study.location import Location, is_uri
 
     source, experiment = args.source, args.experiment
     if is_uri(source) and not _is_tracking_uri(source):
@@ -98,8 +98,17 @@ def _analyze(args: argparse.Namespace) -> int:
 
         spec = load_study_spec(source)
         source, experiment = spec.mlflow_tracking_uri, experiment or spec.name
-    paths = build_report(source, args.out, target=args.target, mode=args.mode,
-                         findings=args.findings, experiment=experiment)
+    plugins = [name for given in args.plugins for name in given.split(",") if name]
+    if not is_uri(source) and Path(source).is_dir():
+        from routed_study.study.runner import SPEC_FILE, load_study_spec
+
+        if (Path(source) / SPEC_FILE).is_file():
+            # A study directory: its spec's plugins (methods, kinds) are imported with the spec.
+            plugins = [*load_study_spec(Location(source)).plugins, *plugins]
+    methods = [m for m in args.methods.split(",") if m] if args.methods else None
+    paths = build_report(source, args.out, target=args.target, mode=args.mode, findings=args.findings,
+                         experiment=experiment, methods=methods, plugins=plugins, alpha=args.alpha,
+                         random_state=args.random_state)
     for kind, path in paths.items():
         print(f"{kind}: {path}")
     return 0
@@ -156,6 +165,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", default="max", choices=("max", "min"))
     p.add_argument("--findings", default=None, help="findings file (default: the shipped one)")
     p.add_argument("--experiment", default=None, help="MLflow experiment name (with a tracking URI)")
+    p.add_argument("--plugins", action="append", default=[], metavar="MODULE[,MODULE]",
+                   help="modules to import first: your own importance methods and finding kinds (a study "
+                        "directory's spec plugins are imported too)")
+    p.add_argument("--methods", default=None, metavar="NAME[,NAME]",
+                   help="importance methods to run (default: every registered one)")
+    p.add_argument("--alpha", type=float, default=0.05, help="error rate of every verdict (default: 0.05)")
+    p.add_argument("--random-state", type=int, default=0, help="seed of every resampling (default: 0)")
 
     p = command("ui", _ui, "serve the MLflow UI over a study's tracking store and print the study's runs page")
     p.add_argument("target", metavar="STUDY_DIR_OR_URI", help="a study directory or URI, or a tracking URI")

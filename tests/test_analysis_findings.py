@@ -72,7 +72,7 @@ PLANTED = """
 
 
 def test_planted_claims_get_the_right_verdicts(tmp_path):
-    frame = planted_table(600, seed=0, n_knobs=12).drop(columns="prompt_encoder")
+    frame = planted_table(600, seed=0, n_knobs=12).drop(columns="prompt_encoder").assign(num_selected=2)
     v = evaluate_findings(_entries(tmp_path, PLANTED), _evidence(frame)).set_index("id")
     assert list(v.reset_index().columns) == VERDICT_COLUMNS
     row = v.loc["true_claim"]

@@ -19,12 +19,18 @@ from routed_study.trainables.errors import InputError
 from routed_study.trainables.routed_prompt.config import KNOBS
 
 CHROMIUM = Path("/usr/bin/chromium")
-FILES = {"trials", "importance", "findings", "tree", "html"}
+FILES = {"trials", "importance", "findings", "interactions", "tree", "html"}
+METHODS = {"forest", "tree_regressor", "tree_classifier", "fanova", "ped_anova"}
+
+
+def planted(n: int, seed: int = 0, **kw) -> pd.DataFrame:
+    # Two of several sources selected: apply_softmax_to applies (with all kept, before = after).
+    return planted_table(n, seed=seed, **kw).assign(num_selected=2)
 
 
 def fake_study(root: Path, n: int = 30) -> Path:
     """A Ray-style study dir: params.json, result.json per epoch, error.txt, router_matrix.csv."""
-    frame = planted_table(n, seed=5)
+    frame = planted(n, seed=5)
     tasks = ["rt_sentiment", "vader_movies"]
     for i, row in frame.iterrows():
         trial = root / f"trial_{i:03d}"
@@ -58,15 +64,16 @@ def test_study_dir_statuses_and_report(tmp_path):
     assert set(paths) == FILES and all(p.is_file() for p in paths.values())
     page = paths["html"].read_text()
     assert "early_stopped" in page and "broken" in page  # how each status was treated
-    assert "Asymmetry of task-to-task use" in page and "router heatmap" in page
-    assert "Per-task scores" in page
+    assert "router heatmap" in page and "Per-task scores" in page
+    # Anonymous sources are no task's prompt: no asymmetry that reads source_i as task i.
+    assert "source_i" not in page and page.count("No F17 asymmetry: sources are not task-owned") == 3
     importance = pd.read_csv(paths["importance"])
-    assert set(importance.columns) >= {"factor", "method", "importance", "rank", "low", "high"}
-    assert {"tree_regressor", "tree_classifier", "permutation", "fanova", "ped_anova"} == set(importance["method"])
+    assert set(importance.columns) >= {"factor", "method", "importance", "rank", "low", "high", "p_value", "verdict"}
+    assert set(importance["method"]) == METHODS
 
 
 def test_csv_report_with_config_prefix_and_browser(tmp_path):
-    frame = planted_table(200, seed=1).rename(columns=lambda c: c if c == "score" else f"config/{c}")
+    frame = planted(200, seed=1).rename(columns=lambda c: c if c == "score" else f"config/{c}")
     frame.to_csv(tmp_path / "t.csv", index=False)
     paths = build_report(tmp_path / "t.csv", tmp_path / "out")
     trials = pd.read_csv(paths["trials"])
@@ -76,6 +83,15 @@ def test_csv_report_with_config_prefix_and_browser(tmp_path):
     findings = pd.read_csv(paths["findings"]).set_index("id")
     assert findings.loc["F8b", "verdict"] == "supported"
     assert "never varied" in findings.loc["F6", "reason"]
+    # findings.csv carries, per claim, what the report's verdict table shows (issue 9, item 11).
+    assert set(findings.columns) >= {"statement", "verdict", "effect", "ci_low", "ci_high", "n_configs", "n_seeds",
+                                     "p_value", "p_adjusted", "treatment", "trials_needed", "reason"}
+    importance = pd.read_csv(paths["importance"]).query("method == 'forest'").set_index("factor")
+    assert importance.loc["apply_softmax_to", "verdict"] == "matters"
+    assert importance.loc["learning_rate", "verdict"] == "matters"
+    assert (importance["rank"].isna() == (importance["importance"] <= 0)).all()  # zero importance: unranked
+    interactions = pd.read_csv(paths["interactions"])
+    assert {"F8a", "F8b", "F9", "F11"} <= set(interactions["claim"])
     check_in_browser(paths["html"])
 
 
@@ -84,7 +100,7 @@ def check_in_browser(page: Path) -> None:
     html = page.read_text()
     assert not re.search(r"(src|href)=\"https?:", html), "the report must not load anything from the network"
     images = re.findall(r'src="data:image/png;base64,([^"]+)"', html)
-    assert len(images) >= 6
+    assert len(images) >= 5
     assert all(base64.b64decode(data)[:8] == b"\x89PNG\r\n\x1a\n" for data in images)
     if not CHROMIUM.exists():
         pytest.skip("/usr/bin/chromium is absent (apt-get install -y chromium): browser check not run")
@@ -95,9 +111,12 @@ def check_in_browser(page: Path) -> None:
     console = [line for line in run.stderr.splitlines() if ":CONSOLE" in line]
     assert not console, console
     dom = run.stdout
-    for section in ("summary", "best", "importance", "tree", "factors", "router", "findings"):
+    for section in ("summary", "best", "importance", "tree", "factors", "router", "findings", "interactions"):
         assert f'id="{section}"' in dom
     assert dom.count("<img") == len(images) and dom.count("<table") >= 4
+    # What the researcher came for comes first: the verdicts, then one chart of every method.
+    assert dom.index('id="verdict-table"') < dom.index('alt="importance of every method"') < dom.index('id="summary"')
+    assert dom.count('alt="importance') == 1
     assert "F8b" in dom
 
 
@@ -133,7 +152,7 @@ def test_constant_target_writes_what_it_can(tmp_path):
     with pytest.raises(InputError, match="no importance method could run.*target is constant"):
         build_report(tmp_path / "t.csv", tmp_path / "out")
     page = (tmp_path / "out" / "report.html").read_text()
-    assert "id='skipped'" in page and "constant" in page
+    assert 'id="skipped"' in page and "constant" in page
     assert (tmp_path / "out" / "trials.csv").is_file() and (tmp_path / "out" / "findings.csv").is_file()
 
 
@@ -142,7 +161,7 @@ def test_too_few_trials_lists_each_method(tmp_path):
     with pytest.raises(InputError, match="needs at least 10 trials"):
         build_report(tmp_path / "t.csv", tmp_path / "out")
     page = (tmp_path / "out" / "report.html").read_text()
-    for method in ("tree_regressor", "tree_classifier", "permutation", "fanova", "ped_anova"):
+    for method in METHODS:
         assert f"<td>{method}</td>" in page
 
 
@@ -155,7 +174,7 @@ def test_unknown_source(tmp_path):
 
 
 def test_mode_min_reads_lower_as_better(tmp_path):
-    planted_table(150, seed=2).assign(loss=lambda f: -f["score"]).drop(columns="score").to_csv(
+    planted(150, seed=2).assign(loss=lambda f: -f["score"]).drop(columns="score").to_csv(
         tmp_path / "t.csv", index=False)
     paths = build_report(tmp_path / "t.csv", tmp_path / "out", target="loss", mode="min")
     assert pd.read_csv(paths["findings"]).set_index("id").loc["F8b", "verdict"] == "supported"
@@ -164,7 +183,7 @@ def test_mode_min_reads_lower_as_better(tmp_path):
 
 
 def test_router_that_never_moved_is_explained_not_read(tmp_path):
-    from routed_study.analysis.report import _router_section
+    from routed_study.analysis.report import router_section
 
     tasks = ["rt_sentiment", "bbc_topic"]
     moved, frozen = tmp_path / "moved", tmp_path / "frozen"
@@ -173,10 +192,122 @@ def test_router_that_never_moved_is_explained_not_read(tmp_path):
         pd.DataFrame(values, index=tasks, columns=["source_0", "source_1"]).to_csv(folder / "router_matrix.csv")
     best = pd.DataFrame({"trial_id": ["moved", "frozen"], "score": [80.0, 79.0],
                          "trial_dir": [str(moved), str(frozen)]})
-    page = _router_section(best, "score")
-    assert page.count("router heatmap") == 2
-    assert page.count("never moved") == 1 and page.count("Strongest source per task") == 1
-    assert "rt_sentiment -&gt; source_0, bbc_topic -&gt; source_1" in page
+    section = router_section(best, "score")
+    lines = [line for trial in section["trials"] for line in trial["lines"]]
+    assert all(trial["chart"] for trial in section["trials"])
+    assert sum("never moved" in line for line in lines) == 1
+    assert "Strongest candidate per task: rt_sentiment -> source_0, bbc_topic -> source_1" in lines
+
+
+PLUGIN = """
+from typing import Literal
+
+import pandas as pd
+
+from routed_study.analysis.findings import Entry, FindingKind, register_kind
+from routed_study.analysis.importance import FactorImportance, register_method
+
+
+@register_method("spread_of_means")
+class SpreadOfMeans(FactorImportance):
+    \"\"\"Range of the mean score over a knob's values.\"\"\"
+
+    def __init__(self, random_state: int = 0):
+        self.random_state = random_state
+
+    def fit(self, design):
+        rows = self._finite(design)
+        y = pd.Series(design.y[rows])
+        spread = {k: y.groupby(design.raw[k].iloc[rows].astype(str).to_numpy()).mean().agg("max") -
+                     y.groupby(design.raw[k].iloc[rows].astype(str).to_numpy()).mean().agg("min")
+                  for k in design.knobs}
+        self.factor_importances_ = self._result(pd.Series(spread))
+        self.n_trials_ = len(rows)
+        return self
+
+
+class BestAboveEntry(Entry):
+    kind: Literal["best_above"]
+    threshold: float
+
+
+@register_kind
+class BestAbove(FindingKind):
+    name = "best_above"
+    Entry = BestAboveEntry
+    family = "claims"
+
+    def evaluate(self, entry, evidence):
+        best = float(evidence.frame[evidence.target].max())
+        return {"verdict": "supported" if best > entry.threshold else "contradicted", "effect": best,
+                "p_value": 0.001, "reason": f"best {best:.1f} against {entry.threshold:g}"}
+"""
+
+
+@pytest.fixture
+def analysis_plugin(tmp_path, monkeypatch):
+    """A researcher's module outside the package: one importance method and one finding kind."""
+    from routed_study.analysis.findings import KINDS
+    from routed_study.analysis.importance import METHODS as REGISTERED
+
+    folder = tmp_path / "plugins"
+    folder.mkdir()
+    (folder / "my_analysis_plugin.py").write_text(PLUGIN)
+    monkeypatch.syspath_prepend(str(folder))
+    yield "my_analysis_plugin"
+    REGISTERED.pop("spread_of_means", None)
+    KINDS.pop("best_above", None)
+    import sys
+    sys.modules.pop("my_analysis_plugin", None)
+
+
+def plugin_findings(tmp_path) -> Path:
+    path = tmp_path / "mine.yaml"
+    path.write_text("findings:\n  - id: M1\n    kind: best_above\n    statement: Some trial beats 60.\n"
+                    "    threshold: 60\n  - id: F8b\n    statement: With cat, after beats before.\n"
+                    "    within: {compose_method: cat}\n    knob: apply_softmax_to\n    a: after\n    b: before\n")
+    return path
+
+
+def check_plugin_outputs(out: Path) -> None:
+    importance = pd.read_csv(out / "importance.csv")
+    assert "spread_of_means" in set(importance["method"])
+    spread = importance[importance["method"] == "spread_of_means"].set_index("factor")["importance"]
+    assert spread["apply_softmax_to"] > 10  # the planted +15 for after
+    findings = pd.read_csv(out / "findings.csv").set_index("id")
+    assert findings.loc["M1", "kind"] == "best_above" and findings.loc["M1", "verdict"] == "supported"
+    page = (out / "report.html").read_text()
+    assert "spread_of_means" in page and "Some trial beats 60." in page
+
+
+def test_plugin_importance_method_and_finding_kind_through_analyze(tmp_path, analysis_plugin):
+    from routed_study.study.cli import main
+
+    planted(120, seed=3).to_csv(tmp_path / "t.csv", index=False)
+    code = main(["analyze", str(tmp_path / "t.csv"), "--out", str(tmp_path / "out"), "--plugins", analysis_plugin,
+                 "--findings", str(plugin_findings(tmp_path)), "--methods", "forest,spread_of_means"])
+    assert code == 0
+    check_plugin_outputs(tmp_path / "out")
+    assert set(pd.read_csv(tmp_path / "out" / "importance.csv")["method"]) == {"forest", "spread_of_means"}
+
+
+def test_plugins_named_in_a_study_spec_reach_analyze(tmp_path, analysis_plugin):
+    import yaml
+
+    from routed_study.study.cli import main
+    from tests.test_spec import BASE
+
+    study = fake_study(tmp_path / "study", n=60)
+    (study / "study.yaml").write_text(yaml.safe_dump({**BASE, "plugins": [analysis_plugin]}, sort_keys=False))
+    assert main(["analyze", str(study), "--out", str(tmp_path / "out"),
+                 "--findings", str(plugin_findings(tmp_path))]) == 0
+    check_plugin_outputs(tmp_path / "out")
+
+
+def test_unknown_importance_method_is_one_line(tmp_path):
+    planted(50).to_csv(tmp_path / "t.csv", index=False)
+    with pytest.raises(InputError, match=r"--methods: unknown importance method 'forrest'; allowed values: .*forest"):
+        build_report(tmp_path / "t.csv", tmp_path / "out", methods=["forrest"])
 
 
 def test_trial_stopped_before_the_default_epochs_is_early_stopped(tmp_path):

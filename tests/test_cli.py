@@ -222,7 +222,8 @@ def test_resume_analyze_data_dispatch(tmp_path, capsys, monkeypatch):
     assert main(["data", "prepare", "--data-dir", "d", "--seed", "3", "--force"]) == 0
     assert calls["resume"] == Path("studies/x")
     assert calls["analyze"] == ("trials.csv", "rep", {"target": "val/bbc_topic", "mode": "min",
-                                                       "findings": "f.yaml", "experiment": None})
+                                                       "findings": "f.yaml", "experiment": None, "methods": None,
+                                                       "plugins": [], "alpha": 0.05, "random_state": 0})
     assert calls["prepare"] == ("d", 3, True)
     out = capsys.readouterr().out
     assert "resumed" in out and "html: rep/report.html" in out and "ready in" in out
