@@ -351,8 +351,11 @@ class ClaimModel:
         import statsmodels.api as sm
 
         have = have.copy()
+        self.ok = False
         for _ in range(3):
             names = list(_independent({k: v[have] for k, v in design.items()}))
+            if not names or not have.any():
+                return   # nothing left to estimate the contrast from: the claim is inconclusive
             X = sm.add_constant(np.column_stack([design[k][have] for k in names]), has_constant="add")
             # A configuration that a column fits alone (leverage 1) says nothing about the others
             # and leaves HC2 undefined: it goes, with the columns that then vanish.
