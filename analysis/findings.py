@@ -166,8 +166,15 @@ class Compare(FindingKind):
     family = "claims"
 
     def evaluate(self, entry, evidence: Evidence) -> dict:
+        from routed_study.analysis.designs import is_designed_pair, paired_claim
         from routed_study.analysis.effects import judge_compare
 
+        # A pairs study's own claims are read from their matched pairs; any other claim (or study)
+        # from the adjusted model over all trials.
+        if is_designed_pair(evidence.frame, entry.id):
+            row = paired_claim(entry, evidence.frame, evidence.target, alpha=evidence.alpha,
+                               rng=np.random.default_rng(evidence.random_state))
+            return {k: v for k, v in row.items() if k not in ("id", "statement", "kind")}
         return judge_compare(entry, evidence)
 
 

@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from routed_study.analysis import charts
+from routed_study.analysis.designs import StudyDesign, design_of, elementary_effects
 from routed_study.analysis.encoding import KnobEncoder, mark_not_applicable
 from routed_study.analysis.findings import CORRECTION_TEXT, Evidence, evaluate_findings, load_findings
 from routed_study.analysis.importance import METHODS, Design
@@ -142,6 +143,22 @@ def summary_section(table, evidence: Evidence, design: Design, encoder: KnobEnco
     lines += table.notes
     lines.append(f"Analysis took {time.perf_counter() - started:.1f} s before this page was drawn.")
     return {"source": str(table.source), "lines": lines}
+
+
+def design_section(study_design: StudyDesign, evidence: Evidence) -> tuple[dict, pd.DataFrame | None]:
+    """Which design the trials came from and why its verdicts hold; a screening study's Morris
+    statistics per knob."""
+    section = {"name": study_design.name, "why": study_design.why, "points": study_design.n_points,
+               "bases": study_design.n_bases, "table": ""}
+    effects = None
+    if study_design.name == "screening":
+        try:
+            effects = elementary_effects(evidence.frame, evidence.target, random_state=evidence.random_state)
+        except InputError as exc:
+            section["why"] += f" (elementary effects not computed: {exc})"
+        else:
+            section["table"] = _table(effects.set_index("knob"))
+    return section, effects
 
 
 def interaction_section(fitted: dict, design: Design, entries) -> tuple[dict, pd.DataFrame | None]:
@@ -269,6 +286,10 @@ def build_report(source, out_dir, target: str = "score", mode: str = "max", find
     paths["findings"] = out / "findings.csv"
     verdicts.to_csv(paths["findings"], index=False)
 
+    study_design, effects = design_section(design_of(table.frame), evidence)
+    if effects is not None:
+        paths["elementary_effects"] = out / "elementary_effects.csv"
+        effects.to_csv(paths["elementary_effects"], index=False)
     interactions, strengths = interaction_section(fitted, design, entries)
     if strengths is not None:
         paths["interactions"] = out / "interactions.csv"
@@ -283,6 +304,7 @@ def build_report(source, out_dir, target: str = "score", mode: str = "max", find
     best = ok.sort_values(target, ascending=(mode == "min"))
     page = TEMPLATES.get_template("report.html.j2").render(
         verdicts=verdict_section(verdicts, alpha),
+        design=study_design,
         importance=importance_section(importance, fitted, skipped),
         interactions=interactions,
         best=best_section(table, best),
