@@ -27,6 +27,7 @@ from typing import Any, Mapping
 import numpy as np
 import pandas as pd
 
+from routed_study.analysis.effects import MARGIN_SEED_SD
 from routed_study.search_spaces.base import SearchSpace
 from routed_study.study.designs import Side, _constant_meets, _label, discrete_values
 from routed_study.trainables.routed_prompt.config import KNOBS
@@ -46,11 +47,19 @@ class Noise:
     interaction_sd: float = 3.0
     main_sd: float = 2.5
 
+    @property
+    def seed_to_seed_sd(self) -> float:
+        """The SD of one configuration's score over seeds (what ``effects.SeedSpread`` measures)."""
+        return float(np.hypot(self.seed_sd, self.shared_seed_sd))
 
-def correct_verdict(finding: Any, truth: float) -> str:
-    """The verdict a study should reach on a claim whose population difference is ``truth``."""
+
+def correct_verdict(finding: Any, truth: float, seed_to_seed_sd: float) -> str:
+    """The verdict a study should reach on a claim whose population difference is ``truth``; the
+    equivalence margin by the claims' rule (``analysis.designs.claim_margin``): the finding's own,
+    else MARGIN_SEED_SD x the true seed-to-seed SD."""
+    margin = finding.margin if finding.margin is not None else MARGIN_SEED_SD * seed_to_seed_sd
     if finding.expect == "equal":
-        return "supported" if abs(truth) < finding.margin else "contradicted"
+        return "supported" if abs(truth) < margin else "contradicted"
     sign = 1 if finding.expect == "greater" else -1
     return "supported" if sign * truth > 0 else "contradicted"
 
