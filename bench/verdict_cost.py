@@ -191,7 +191,7 @@ def main() -> None:
     findings = [f.model_copy(update={"margin": known if f.margin is None else f.margin})
                 for f in load_findings() if f.kind == "compare"]
     surface = PlantedSurface(space, findings, noise=noise, seed=args.seed)
-    truth = surface.truth(n=50_000 if args.quick else 200_000, seed=args.seed + 1)
+    truth = surface.truth(n=50_000, seed=args.seed + 1, min_side=5_000 if args.quick else 20_000)
     correct = {c.finding.id: correct_verdict(c.finding, truth[c.finding.id], noise.seed_to_seed_sd)
                for c in surface.claims}
     print(f"planted claims (population difference a - b; the verdict a study should reach): "
