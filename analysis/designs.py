@@ -4,10 +4,18 @@
   the verdicts drawn from it are valid, for the report.
 - :func:`paired_claims`: a ``pairs`` study's claims, each from its matched pairs. The
   difference of a pair (side a minus side b, same base, same seed) holds neither the other
-  knobs' effects nor the base's own random effect; per base the seeds are averaged, the
-  claim's effect is the mean over bases, its p-value a paired t-test over bases and its
-  interval a nested bootstrap (bases resampled, then seeds within each), widened to the
-  t-interval's small-sample width. Rows carry the claims table's verdict columns.
+  knobs' effects nor the base's own random effect; per base the seeds are averaged, and the
+  bases are the independent units: the claim's effect is the mean over bases, its standard
+  error their SD / sqrt(bases) with bases - 1 degrees of freedom, its interval the t interval.
+  The verdict is the claims' one decision rule, ``analysis.effects.decide`` (t test for a
+  difference, TOST for "no difference"), on these statistics. The equivalence margin is the
+  claim's ``margin`` when the findings file gives one, else ``effects.MARGIN_SEED_SD``
+  seed-to-seed SDs measured in the study (``effects.SeedSpread`` by design point, where
+  ``trials.repeats`` ran points with several seeds), else, without repeats, the same multiple
+  of one configuration's spread, the SD of the per-base differences / sqrt(2) (a difference is
+  of two configurations). A claim alone is decided when its p is below ``alpha``; the claims of
+  one study are corrected together (``analysis.findings.CORRECTION``, Benjamini-Hochberg).
+  Rows carry the claims table's verdict columns (:data:`CLAIM_COLUMNS`).
 - :func:`elementary_effects`: a ``screening`` study's Morris statistics per knob (mean,
   mean of absolute values, spread), from SALib, with bootstrap intervals over trajectories.
 """
@@ -21,13 +29,16 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from routed_study.analysis.effects import MARGIN_SEED_SD, SeedSpread, decide
+from routed_study.analysis.findings import CORRECTION, CORRECTION_TEXT, VERDICT_COLUMNS, Compare
 from routed_study.trainables.errors import InputError
 from routed_study.trainables.results import (DESIGN_BASE_KEY, DESIGN_DELTA_KEY, DESIGN_FLIP_KEY, DESIGN_KEY,
                                              DESIGN_POINT_KEY, DESIGN_SIDE_KEY)
 
-#: Columns of a claim's row (the claims table's verdict columns).
-CLAIM_COLUMNS = ["id", "statement", "kind", "verdict", "effect", "ci_low", "ci_high", "n_configs", "n_seeds",
-                 "p_value", "reason"]
+#: Columns of a claim's row: the claims table's verdict columns that a paired claim fills, in its order.
+CLAIM_COLUMNS = [c for c in VERDICT_COLUMNS if c in {
+    "id", "statement", "kind", "verdict", "effect", "ci_low", "ci_high", "n_configs", "n_seeds", "p_value",
+    "p_adjusted", "treatment", "reason", "family", "decided_by", "margin"}]
 EFFECT_COLUMNS = ["knob", "mu", "mu_low", "mu_high", "mu_star", "mu_star_low", "mu_star_high", "sigma",
                   "sigma_low", "sigma_high", "n_trajectories"]
 
@@ -35,8 +46,8 @@ EFFECT_COLUMNS = ["knob", "mu", "mu_low", "mu_high", "mu_star", "mu_star_low", "
 WHY_VALID = {
     "pairs": "matched pairs: every claim's a and b sides ran on the same base configurations with the same "
              "seeds, so a pair's difference holds neither the other knobs' effects nor the base's own random "
-             "effect; effects are means over bases, p-values paired t-tests over bases, intervals a bootstrap "
-             "over bases with seeds resampled within each",
+             "effect; effects are means over bases (seeds averaged within each), p-values and intervals "
+             "from their spread over bases (t, bases - 1 df)",
     "screening": "Morris screening: trajectories that move one knob at a time from random starting points; a "
                  "knob's elementary effects are differences of two trials that differ in that knob only, "
                  "averaged over the space (mu: signed, mu*: absolute, sigma: spread from interactions or "
@@ -46,6 +57,10 @@ WHY_VALID = {
     "sampled": "trials proposed by a sampler (tpe, random or grid): a comparison of a knob's sides also holds "
                "whatever else differs between the groups (TPE in particular concentrates on good regions)",
 }
+
+
+TREATMENT = ("matched pairs: per base the seeds' differences a - b averaged; effect the mean over bases, "
+             "standard error their SD / sqrt(bases), t with bases - 1 df")
 
 
 @dataclass(frozen=True)
@@ -78,83 +93,95 @@ def _usable(frame: pd.DataFrame, target: str, design: str) -> pd.DataFrame:
 # ------------------------------------------------------------------ pairs
 def pair_differences(frame: pd.DataFrame, claim_id: str, target: str) -> pd.DataFrame:
     """One row per (base, seed) of a claim: the paired difference a - b."""
-    flips = frame[frame[DESIGN_FLIP_KEY].astype(str) == claim_id]
-    bases = frame[frame[DESIGN_SIDE_KEY] == "base"]
+    keys = [DESIGN_BASE_KEY, "seed", target]
+    flips = frame.loc[frame[DESIGN_FLIP_KEY].astype(str) == claim_id, [*keys, DESIGN_SIDE_KEY]]
+    bases = frame.loc[frame[DESIGN_SIDE_KEY] == "base", keys]
     merged = flips.merge(bases, on=[DESIGN_BASE_KEY, "seed"], suffixes=("_flip", "_base"))
-    sign = np.where(merged[f"{DESIGN_SIDE_KEY}_flip"] == "a", 1.0, -1.0)
+    sign = np.where(merged[DESIGN_SIDE_KEY] == "a", 1.0, -1.0)
     diff = sign * (merged[f"{target}_flip"].to_numpy(float) - merged[f"{target}_base"].to_numpy(float))
     return pd.DataFrame({"base": merged[DESIGN_BASE_KEY].to_numpy(), "seed": merged["seed"].to_numpy(),
                          "diff": diff})
 
 
-def nested_bootstrap(diffs: pd.DataFrame, n_boot: int, alpha: float, rng: np.random.Generator) -> tuple[float, float]:
-    """Percentile interval of the mean over bases: bases resampled, then seeds within each base."""
-    groups = [g.to_numpy(float) for _, g in diffs.groupby("base")["diff"]]
-    width = max(len(g) for g in groups)
-    padded = np.full((len(groups), width), np.nan)
-    for i, g in enumerate(groups):
-        padded[i, :len(g)] = g
-    counts = np.array([len(g) for g in groups])
-    chosen = rng.integers(0, len(groups), (n_boot, len(groups)))
-    seeds = (rng.random((n_boot, len(groups), width)) * counts[chosen][..., None]).astype(int)
-    values = padded[chosen[..., None], seeds]
-    values = np.where(np.arange(width) < counts[chosen][..., None], values, np.nan)
-    means = np.nanmean(np.nanmean(values, axis=2), axis=1)
-    return float(np.quantile(means, alpha / 2)), float(np.quantile(means, 1 - alpha / 2))
+def pairs_seed_spread(frame: pd.DataFrame, target: str, alpha: float = 0.05) -> SeedSpread | None:
+    """The seed-to-seed spread of a pairs study: one-way ANOVA of the scores by design point, over the
+    points run with several seeds (``trials.repeats``); None without repeats."""
+    return SeedSpread.fit(frame[target].to_numpy(float), frame[DESIGN_POINT_KEY].to_numpy(),
+                          "repeats of the design points", alpha)
 
 
-def verdict(expect: str, margin: float, low: float, high: float, p: float, alpha: float) -> tuple[str, str]:
-    """The claims table's decision rule, on an interval of the effect (a - b) and a two-sided p."""
-    if expect == "equal":
-        if -margin <= low and high <= margin:
-            return "supported", f"CI within +-{margin:g}"
-        if (low > margin or high < -margin) and p < alpha:
-            return "contradicted", f"CI outside +-{margin:g}, p={p:.3g}"
-        return "inconclusive", f"CI [{low:.3g}, {high:.3g}] overlaps +-{margin:g}"
-    sign = 1 if expect == "greater" else -1
-    lo, hi = sorted((sign * low, sign * high))
-    if lo > 0 and p < alpha:
-        return "supported", f"a {expect} than b, p={p:.3g}"
-    if hi < 0 and p < alpha:
-        return "contradicted", f"the opposite holds, p={p:.3g}"
-    if -margin <= low and high <= margin:
-        return "contradicted", f"no difference: CI within +-{margin:g}"
-    return "inconclusive", f"CI [{low:.3g}, {high:.3g}] includes 0"
+def claim_margin(finding: Any, spread: SeedSpread | None, config_sd: float, config_sd_from: str) -> tuple[float, str]:
+    """A claim's equivalence margin and where it came from: the findings file's ``margin`` when given,
+    else MARGIN_SEED_SD seed-to-seed SDs (``spread``), else, without repeats to measure seed noise,
+    MARGIN_SEED_SD times ``config_sd``, the spread of one configuration's score (``config_sd_from``)."""
+    if finding.margin is not None:
+        return float(finding.margin), f"margin {finding.margin:g} points (from the findings file)"
+    if spread is not None:
+        margin = MARGIN_SEED_SD * spread.sd
+        return margin, f"margin {margin:.3g} = {MARGIN_SEED_SD:g} x seed-to-seed SD {spread.sd:.3g} ({spread.where})"
+    margin = MARGIN_SEED_SD * config_sd
+    return margin, (f"margin {margin:.3g} = {MARGIN_SEED_SD:g} x {config_sd_from} {config_sd:.3g} "
+                    f"(no repeats to measure seed noise)")
 
 
-def paired_claim(finding: Any, frame: pd.DataFrame, target: str, *, alpha: float = 0.05, n_boot: int = 2000,
-                 min_bases: int = 5, rng: np.random.Generator | None = None) -> dict[str, Any]:
-    """One claim's row from a pairs study's trials (usable rows: finite target)."""
-    rng = rng if rng is not None else np.random.default_rng(0)
-    row = {"id": finding.id, "statement": finding.statement, "kind": finding.kind}
+def decide_alone(expect: str, effect: float, se: float, df: float, margin: float, alpha: float) -> dict[str, Any]:
+    """``effects.decide`` on one claim judged alone: a decided verdict whose p is not below ``alpha``
+    is inconclusive (the Benjamini-Hochberg correction of a family of one claim)."""
+    decision = decide(expect, effect, se, df, margin)
+    verdict = decision.verdict if decision.p < alpha else "inconclusive"
+    reason = decision.reason if decision.p < alpha else f"{decision.reason}; not below alpha {alpha:g}"
+    return {"verdict": verdict, "p_value": decision.p, "decided_by": decision.decided_by, "reason": reason}
+
+
+def paired_claim(finding: Any, frame: pd.DataFrame, target: str, *, alpha: float = 0.05,
+                 min_bases: int = 5) -> dict[str, Any]:
+    """One claim's row from a pairs study's trials (usable rows: finite target), judged alone."""
+    row = {"id": finding.id, "statement": finding.statement, "kind": finding.kind, "family": Compare.family,
+           "treatment": TREATMENT}
     diffs = pair_differences(frame, finding.id, target)
     per_base = diffs.groupby("base")["diff"].mean()
-    row.update(n_configs=int(len(per_base)), n_seeds=int(diffs["seed"].nunique()))
+    row.update(n_configs=int(len(per_base)),
+               n_seeds=int(diffs.groupby("base").size().median()) if len(per_base) else 0)
     if len(per_base) < min_bases:
         return {**row, "verdict": "inconclusive",
                 "reason": f"too few complete pairs: {len(per_base)} bases (need {min_bases})"}
-    effect, b = float(per_base.mean()), len(per_base)
-    sd = float(per_base.std(ddof=1))
-    p = float(stats.ttest_1samp(per_base, 0.0).pvalue) if sd > 0 else (0.0 if effect else 1.0)
-    low, high = nested_bootstrap(diffs, n_boot, alpha, rng)
-    # The percentile bootstrap is narrower than the t interval at few bases (plug-in variance,
-    # normal quantiles): widen it about the effect by that ratio.
-    widen = stats.t.ppf(1 - alpha / 2, b - 1) / stats.norm.ppf(1 - alpha / 2) * np.sqrt(b / (b - 1))
-    low, high = effect - widen * (effect - low), effect + widen * (high - effect)
-    decided, reason = verdict(finding.expect, finding.margin, low, high, p, alpha)
-    return {**row, "verdict": decided, "effect": effect, "ci_low": low, "ci_high": high, "p_value": p,
-            "reason": f"{reason} ({b} bases, paired)"}
+    b = len(per_base)
+    effect, sd = float(per_base.mean()), float(per_base.std(ddof=1))
+    if not sd > 0:
+        return {**row, "verdict": "inconclusive", "effect": effect,
+                "reason": f"the {b} bases' differences are all equal: no spread to test against"}
+    se, df = sd / np.sqrt(b), b - 1
+    # A pair's difference is of two configurations' scores: its spread over bases / sqrt(2) is one's.
+    margin, margin_text = claim_margin(finding, pairs_seed_spread(frame, target, alpha), sd / np.sqrt(2),
+                                       "the SD of the per-base differences / sqrt(2)")
+    decided = decide_alone(finding.expect, effect, se, df, margin, alpha)
+    half = float(stats.t.ppf(1 - alpha / 2, df)) * se
+    return {**row, **decided, "effect": effect, "ci_low": effect - half, "ci_high": effect + half,
+            "margin": margin, "reason": f"{decided['reason']}; {margin_text} ({b} bases, paired)"}
 
 
 def paired_claims(frame: pd.DataFrame, findings: list, target: str = "score", *, alpha: float = 0.05,
-                  n_boot: int = 2000, min_bases: int = 5, random_state: int = 0) -> pd.DataFrame:
-    """One row per compared claim of ``findings`` that the pairs study designed (others are left out)."""
+                  min_bases: int = 5) -> pd.DataFrame:
+    """One row per compared claim of ``findings`` that the pairs study designed (others are left out),
+    the p-values corrected together (findings.CORRECTION): a verdict whose corrected p is not below
+    ``alpha`` is inconclusive."""
+    from statsmodels.stats.multitest import multipletests
+
     usable = _usable(frame, target, "pairs")
     designed = set(usable[DESIGN_FLIP_KEY].dropna().astype(str)) - {""}
-    rng = np.random.default_rng(random_state)
-    rows = [paired_claim(f, usable, target, alpha=alpha, n_boot=n_boot, min_bases=min_bases, rng=rng)
+    rows = [paired_claim(f, usable, target, alpha=alpha, min_bases=min_bases)
             for f in findings if f.kind == "compare" and f.id in designed]
-    return pd.DataFrame(rows).reindex(columns=CLAIM_COLUMNS)
+    table = pd.DataFrame(rows).reindex(columns=CLAIM_COLUMNS)
+    tested = table["p_value"].notna()
+    if tested.any():
+        table.loc[tested, "p_adjusted"] = multipletests(table.loc[tested, "p_value"].astype(float), alpha=alpha,
+                                                        method=CORRECTION)[1]
+    lost = table["verdict"].ne("inconclusive") & table["p_adjusted"].ge(alpha)
+    for i in table.index[lost]:
+        table.at[i, "reason"] += (f"; not significant after correction (p_adjusted {table.at[i, 'p_adjusted']:.3g} "
+                                  f">= {alpha:g}, {CORRECTION_TEXT})")
+    table.loc[lost, "verdict"] = "inconclusive"
+    return table
 
 
 # ------------------------------------------------------------------ screening

@@ -27,6 +27,7 @@ from typing import Any, Mapping
 import numpy as np
 import pandas as pd
 
+from routed_study.analysis.effects import MARGIN_SEED_SD
 from routed_study.search_spaces.base import SearchSpace
 from routed_study.study.designs import Side, _constant_meets, _label, discrete_values
 from routed_study.trainables.routed_prompt.config import KNOBS
@@ -46,11 +47,19 @@ class Noise:
     interaction_sd: float = 3.0
     main_sd: float = 2.5
 
+    @property
+    def seed_to_seed_sd(self) -> float:
+        """The SD of one configuration's score over seeds (what ``effects.SeedSpread`` measures)."""
+        return float(np.hypot(self.seed_sd, self.shared_seed_sd))
 
-def correct_verdict(finding: Any, truth: float) -> str:
-    """The verdict a study should reach on a claim whose population difference is ``truth``."""
+
+def correct_verdict(finding: Any, truth: float, seed_to_seed_sd: float) -> str:
+    """The verdict a study should reach on a claim whose population difference is ``truth``; the
+    equivalence margin by the claims' rule (``analysis.designs.claim_margin``): the finding's own,
+    else MARGIN_SEED_SD x the true seed-to-seed SD."""
+    margin = finding.margin if finding.margin is not None else MARGIN_SEED_SD * seed_to_seed_sd
     if finding.expect == "equal":
-        return "supported" if abs(truth) < finding.margin else "contradicted"
+        return "supported" if abs(truth) < margin else "contradicted"
     sign = 1 if finding.expect == "greater" else -1
     return "supported" if sign * truth > 0 else "contradicted"
 
@@ -217,16 +226,21 @@ class PlantedSurface:
                 + self.shared_seed[np.asarray(seeds, dtype=int) % len(self.shared_seed)]
                 + rng.normal(0, self.noise.seed_sd, n))
 
-    def truth(self, n: int = 20000, seed: int = 0) -> dict[str, float]:
+    def truth(self, n: int = 20000, seed: int = 0, min_side: int = 0, max_draws: int = 4_000_000) -> dict[str, float]:
         """Each claim's population difference E[score | a, within] - E[score | b, within] over the
-        space's uniform distribution (Monte Carlo, noise-free)."""
-        frame = random_frame(self.space, n, np.random.default_rng(seed))
-        y = self.mean(frame)
-        out = {}
-        for claim in self.claims:
-            a, b = claim.masks(frame)
-            out[claim.finding.id] = float(y[a].mean() - y[b].mean()) if a.any() and b.any() else float("nan")
-        return out
+        space's uniform distribution (Monte Carlo, noise-free): batches of ``n`` configurations until
+        every claim has ``min_side`` on each side (a rare condition needs many draws) or ``max_draws``."""
+        rng = np.random.default_rng(seed)
+        sums = {c.finding.id: np.zeros(4) for c in self.claims}   # sum and count on a, then on b
+        drawn = 0
+        while drawn == 0 or (drawn < max_draws and min(min(v[1], v[3]) for v in sums.values()) < min_side):
+            frame = random_frame(self.space, n, rng)
+            y = self.mean(frame)
+            for claim in self.claims:
+                a, b = claim.masks(frame)
+                sums[claim.finding.id] += [y[a].sum(), a.sum(), y[b].sum(), b.sum()]
+            drawn += n
+        return {k: float(v[0] / v[1] - v[2] / v[3]) if v[1] and v[3] else float("nan") for k, v in sums.items()}
 
 
 def design_frame(points: list) -> pd.DataFrame:

@@ -10,8 +10,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from routed_study.analysis.designs import (CLAIM_COLUMNS, design_of, elementary_effects, paired_claim,
-                                           paired_claims)
+from routed_study.analysis.designs import (CLAIM_COLUMNS, design_of, elementary_effects, pair_differences,
+                                           paired_claim, paired_claims)
+from routed_study.analysis.effects import MARGIN_SEED_SD
+from routed_study.analysis.findings import VERDICT_COLUMNS
 from routed_study.search_spaces import get_space
 from routed_study.study.designs import Screening, _scale
 from routed_study.trainables.errors import InputError
@@ -20,15 +22,18 @@ from routed_study.trainables.results import (DESIGN_BASE_KEY, DESIGN_FLIP_KEY, D
 from tests.design_simulator import design_frame
 
 SIMULATIONS = 300
+#: The rate a false verdict may reach: alpha plus two binomial standard errors of SIMULATIONS studies.
+FALSE_RATE = 0.05 + 2 * np.sqrt(0.05 * 0.95 / SIMULATIONS)
 
 
-def claim(expect: str = "greater", margin: float = 1.0) -> SimpleNamespace:
+def claim(expect: str = "greater", margin: float | None = 1.0) -> SimpleNamespace:
     return SimpleNamespace(id="X1", statement="a claim", kind="compare", expect=expect, margin=margin)
 
 
 def pairs_study(rng, bases: int, seeds: int, effect: float, diff_sd: float, base_sd: float = 10.0) -> pd.DataFrame:
     """A pairs study of one claim: each base (its own level, sd ``base_sd``) runs on one side and its
-    flip on the other, ``seeds`` seeds each; a pair's difference is ``effect`` plus noise of sd ``diff_sd``."""
+    flip on the other, ``seeds`` seeds each; a pair's difference is ``effect`` plus noise of sd ``diff_sd``
+    (each trial's seed noise has sd ``diff_sd`` / sqrt(2), the seed-to-seed SD)."""
     rows = []
     for base in range(bases):
         level = rng.normal(0, 1)
@@ -46,11 +51,15 @@ def pairs_study(rng, bases: int, seeds: int, effect: float, diff_sd: float, base
     return pd.DataFrame(rows)
 
 
+def default_margin(diff_sd: float) -> float:
+    """The margin a claim without one gets in pairs_study, in the population: MARGIN_SEED_SD seed-to-seed
+    SDs (with repeats), or as many SDs of one configuration (without: the same here)."""
+    return MARGIN_SEED_SD * diff_sd / np.sqrt(2)
+
+
 def verdicts(finding, seed: int = 0, **study) -> list[str]:
     rng = np.random.default_rng(seed)
-    boot = np.random.default_rng(seed + 1)
-    return [paired_claim(finding, pairs_study(rng, **study), "score", n_boot=500, rng=boot)["verdict"]
-            for _ in range(SIMULATIONS)]
+    return [paired_claim(finding, pairs_study(rng, **study), "score")["verdict"] for _ in range(SIMULATIONS)]
 
 
 def rate(found: list[str], verdict: str) -> float:
@@ -60,20 +69,36 @@ def rate(found: list[str], verdict: str) -> float:
 def test_no_effect_is_rarely_called_an_effect():
     """Null: a greater-claim with no effect, 8 bases x 2 seeds: false 'supported' near alpha / 2."""
     found = verdicts(claim("greater"), bases=8, seeds=2, effect=0.0, diff_sd=2.0)
-    assert rate(found, "supported") <= 0.05, rate(found, "supported")
+    assert rate(found, "supported") <= FALSE_RATE, rate(found, "supported")
+    found = verdicts(claim("greater", margin=None), seed=1, bases=8, seeds=1, effect=0.0, diff_sd=2.0)
+    assert rate(found, "supported") <= FALSE_RATE, rate(found, "supported")
 
 
 def test_a_planted_effect_is_found():
-    found = verdicts(claim("greater"), bases=12, seeds=2, effect=2.0, diff_sd=2.0)
-    assert rate(found, "supported") >= 0.8 and rate(found, "contradicted") == 0
+    for margin, seeds in ((1.0, 2), (None, 2), (None, 1)):
+        found = verdicts(claim("greater", margin=margin), bases=12, seeds=seeds, effect=2.0, diff_sd=2.0)
+        assert rate(found, "supported") >= 0.8 and rate(found, "contradicted") == 0, (margin, seeds)
+
+
+def test_the_opposite_is_contradicted():
+    found = verdicts(claim("greater", margin=None), bases=12, seeds=2, effect=-2.0, diff_sd=2.0)
+    assert rate(found, "contradicted") >= 0.8 and rate(found, "supported") == 0
 
 
 def test_equality_at_the_margin_is_rarely_called_equal():
-    """Null for an equality claim: the true difference sits on the margin; 'supported' would be false."""
+    """Null for an equality claim: the true difference sits on the margin; 'supported' would be false.
+    With the margin from the findings file, and with the default one (measured seed-to-seed SD from
+    repeats; without repeats, the spread of the differences), each also finding a true equality."""
     found = verdicts(claim("equal", margin=1.0), bases=20, seeds=1, effect=1.0, diff_sd=1.5)
-    assert rate(found, "supported") <= 0.05, rate(found, "supported")
+    assert rate(found, "supported") <= FALSE_RATE, rate(found, "supported")
     found = verdicts(claim("equal", margin=1.0), bases=20, seeds=2, effect=0.0, diff_sd=1.0)
     assert rate(found, "supported") >= 0.8
+    for seeds, bases in ((3, 40), (1, 150)):
+        found = verdicts(claim("equal", margin=None), bases=bases, seeds=seeds, effect=default_margin(2.0),
+                         diff_sd=2.0)
+        assert rate(found, "supported") <= FALSE_RATE, (seeds, rate(found, "supported"))
+        found = verdicts(claim("equal", margin=None), bases=bases, seeds=seeds, effect=0.0, diff_sd=2.0)
+        assert rate(found, "supported") >= 0.8, (seeds, rate(found, "supported"))
 
 
 def test_the_bases_own_levels_cancel_in_pairs():
@@ -86,11 +111,45 @@ def test_the_bases_own_levels_cancel_in_pairs():
 def test_claim_rows_have_the_claims_columns_and_count_bases_and_seeds():
     study = pairs_study(np.random.default_rng(0), bases=6, seeds=3, effect=2.0, diff_sd=1.0)
     rows = paired_claims(study, [claim()], "score")
-    assert list(rows.columns) == CLAIM_COLUMNS
+    assert list(rows.columns) == CLAIM_COLUMNS and set(CLAIM_COLUMNS) <= set(VERDICT_COLUMNS)
     row = rows.iloc[0]
-    assert (row["n_configs"], row["n_seeds"]) == (6, 18) and row["ci_low"] < 2.0 < row["ci_high"]
+    assert (row["n_configs"], row["n_seeds"]) == (6, 3) and row["ci_low"] < 2.0 < row["ci_high"]
+    assert row["p_adjusted"] == row["p_value"] and row["margin"] == 1.0 and "from the findings file" in row["reason"]
     few = paired_claims(study[study[DESIGN_BASE_KEY] < 3], [claim()], "score")
     assert few.iloc[0]["verdict"] == "inconclusive" and "too few complete pairs" in few.iloc[0]["reason"]
+
+
+def test_the_default_margin_is_measured_and_said():
+    study = pairs_study(np.random.default_rng(0), bases=30, seeds=3, effect=0.0, diff_sd=2.0)
+    row = paired_claim(claim("equal", margin=None), study, "score")
+    within = study.groupby(DESIGN_POINT_KEY)["score"].std().pow(2).mean() ** 0.5   # equal group sizes
+    assert row["margin"] == pytest.approx(MARGIN_SEED_SD * within) and "seed-to-seed SD" in row["reason"]
+    single = pairs_study(np.random.default_rng(0), bases=30, seeds=1, effect=0.0, diff_sd=2.0)
+    row = paired_claim(claim("equal", margin=None), single, "score")
+    spread = pair_differences(single, "X1", "score")["diff"].std() / np.sqrt(2)
+    assert row["margin"] == pytest.approx(MARGIN_SEED_SD * spread) and "no repeats" in row["reason"]
+
+
+def test_claims_of_a_study_are_corrected_together():
+    """Benjamini-Hochberg over the study's claims: a claim decided alone may be inconclusive among many."""
+    rng = np.random.default_rng(5)   # a study where X0 is decided alone (p < 0.05) but not among six
+    studies = []
+    for k in range(6):
+        s = pairs_study(rng, bases=10, seeds=1, effect=0.0 if k else 1.2, diff_sd=2.0)
+        s[DESIGN_FLIP_KEY] = s[DESIGN_FLIP_KEY].replace("X1", f"X{k}")
+        s[DESIGN_BASE_KEY] += 100 * k
+        s[DESIGN_POINT_KEY] += 1000 * k
+        studies.append(s)
+    study = pd.concat(studies, ignore_index=True)
+    findings = [SimpleNamespace(**{**vars(claim()), "id": f"X{k}"}) for k in range(6)]
+    rows = paired_claims(study, findings, "score", min_bases=5).set_index("id")
+    from statsmodels.stats.multitest import multipletests
+
+    assert np.allclose(rows["p_adjusted"], multipletests(rows["p_value"], method="fdr_bh")[1])
+    lost = (rows["p_value"] < 0.05) & (rows["p_adjusted"] >= 0.05)
+    assert lost.any() and (rows.loc[lost, "verdict"] == "inconclusive").all()
+    assert rows.loc[lost, "reason"].str.contains("not significant after correction").all()
+    assert ((rows["p_adjusted"] < 0.05) == (rows["verdict"] != "inconclusive")).all()
 
 
 def test_elementary_effects_of_a_known_function():
