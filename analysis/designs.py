@@ -29,8 +29,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from routed_study.analysis.effects import MARGIN_SEED_SD, SeedSpread, decide
-from routed_study.analysis.findings import CORRECTION, CORRECTION_TEXT, VERDICT_COLUMNS, Compare
+from routed_study.analysis.effects import SeedSpread, claim_margin, decide
+from routed_study.analysis.findings import VERDICT_COLUMNS, Compare, apply_correction
 from routed_study.trainables.errors import InputError
 from routed_study.trainables.results import (DESIGN_BASE_KEY, DESIGN_DELTA_KEY, DESIGN_FLIP_KEY, DESIGN_KEY,
                                              DESIGN_POINT_KEY, DESIGN_SIDE_KEY)
@@ -91,6 +91,11 @@ def _usable(frame: pd.DataFrame, target: str, design: str) -> pd.DataFrame:
 
 
 # ------------------------------------------------------------------ pairs
+def is_designed_pair(frame: pd.DataFrame, claim_id: str) -> bool:
+    """Whether the trials are a pairs study that designed this claim (it has flips for it)."""
+    return DESIGN_FLIP_KEY in frame and bool((frame[DESIGN_FLIP_KEY].astype(str) == claim_id).any())
+
+
 def pair_differences(frame: pd.DataFrame, claim_id: str, target: str) -> pd.DataFrame:
     """One row per (base, seed) of a claim: the paired difference a - b."""
     keys = [DESIGN_BASE_KEY, "seed", target]
@@ -108,20 +113,6 @@ def pairs_seed_spread(frame: pd.DataFrame, target: str, alpha: float = 0.05) -> 
     points run with several seeds (``trials.repeats``); None without repeats."""
     return SeedSpread.fit(frame[target].to_numpy(float), frame[DESIGN_POINT_KEY].to_numpy(),
                           "repeats of the design points", alpha)
-
-
-def claim_margin(finding: Any, spread: SeedSpread | None, config_sd: float, config_sd_from: str) -> tuple[float, str]:
-    """A claim's equivalence margin and where it came from: the findings file's ``margin`` when given,
-    else MARGIN_SEED_SD seed-to-seed SDs (``spread``), else, without repeats to measure seed noise,
-    MARGIN_SEED_SD times ``config_sd``, the spread of one configuration's score (``config_sd_from``)."""
-    if finding.margin is not None:
-        return float(finding.margin), f"margin {finding.margin:g} points (from the findings file)"
-    if spread is not None:
-        margin = MARGIN_SEED_SD * spread.sd
-        return margin, f"margin {margin:.3g} = {MARGIN_SEED_SD:g} x seed-to-seed SD {spread.sd:.3g} ({spread.where})"
-    margin = MARGIN_SEED_SD * config_sd
-    return margin, (f"margin {margin:.3g} = {MARGIN_SEED_SD:g} x {config_sd_from} {config_sd:.3g} "
-                    f"(no repeats to measure seed noise)")
 
 
 def decide_alone(expect: str, effect: float, se: float, df: float, margin: float, alpha: float) -> dict[str, Any]:
@@ -165,23 +156,11 @@ def paired_claims(frame: pd.DataFrame, findings: list, target: str = "score", *,
     """One row per compared claim of ``findings`` that the pairs study designed (others are left out),
     the p-values corrected together (findings.CORRECTION): a verdict whose corrected p is not below
     ``alpha`` is inconclusive."""
-    from statsmodels.stats.multitest import multipletests
-
     usable = _usable(frame, target, "pairs")
     designed = set(usable[DESIGN_FLIP_KEY].dropna().astype(str)) - {""}
     rows = [paired_claim(f, usable, target, alpha=alpha, min_bases=min_bases)
             for f in findings if f.kind == "compare" and f.id in designed]
-    table = pd.DataFrame(rows).reindex(columns=CLAIM_COLUMNS)
-    tested = table["p_value"].notna()
-    if tested.any():
-        table.loc[tested, "p_adjusted"] = multipletests(table.loc[tested, "p_value"].astype(float), alpha=alpha,
-                                                        method=CORRECTION)[1]
-    lost = table["verdict"].ne("inconclusive") & table["p_adjusted"].ge(alpha)
-    for i in table.index[lost]:
-        table.at[i, "reason"] += (f"; not significant after correction (p_adjusted {table.at[i, 'p_adjusted']:.3g} "
-                                  f">= {alpha:g}, {CORRECTION_TEXT})")
-    table.loc[lost, "verdict"] = "inconclusive"
-    return table
+    return apply_correction(pd.DataFrame(rows).reindex(columns=CLAIM_COLUMNS), alpha)
 
 
 # ------------------------------------------------------------------ screening

@@ -409,6 +409,20 @@ class _Decision(pydantic.BaseModel):
     reason: str
 
 
+def claim_margin(entry: Any, spread: SeedSpread | None, config_sd: float, config_sd_from: str) -> tuple[float, str]:
+    """A claim's equivalence margin and where it came from: the findings file's ``margin`` when given,
+    else MARGIN_SEED_SD seed-to-seed SDs (``spread``), else, without repeats to measure seed noise,
+    MARGIN_SEED_SD times ``config_sd``, the spread of one configuration's score (``config_sd_from``)."""
+    if entry.margin is not None:
+        return float(entry.margin), f"margin {entry.margin:g} points (from the findings file)"
+    if spread is not None:
+        margin = MARGIN_SEED_SD * spread.sd
+        return margin, f"margin {margin:.3g} = {MARGIN_SEED_SD:g} x seed-to-seed SD {spread.sd:.3g} ({spread.where})"
+    margin = MARGIN_SEED_SD * config_sd
+    return margin, (f"margin {margin:.3g} = {MARGIN_SEED_SD:g} x {config_sd_from} {config_sd:.3g} "
+                    f"(no repeats to measure seed noise)")
+
+
 def decide(expect: str, effect: float, se: float, df: float, margin: float) -> _Decision:
     """Candidate verdict and its p-value (see the module docstring)."""
     t = stats.t
@@ -526,16 +540,8 @@ def judge_compare(entry, evidence: Evidence) -> dict:
         return {"verdict": "inconclusive", "n_a": n_a, "n_b": n_b, "n_configs": n_a + n_b,
                 "reason": "too few configurations for the adjusted model (knobs that vary outnumber them)"}
     final = rubin([f[0] for f in fits], [f[1] ** 2 for f in fits], fits[0][2])
-    spread = study.seed_spread
-    if entry.margin is not None:
-        margin, margin_text = float(entry.margin), f"margin {entry.margin:g} points (from the findings file)"
-    elif spread is not None:
-        margin = MARGIN_SEED_SD * spread.sd
-        margin_text = f"margin {margin:.3g} = {MARGIN_SEED_SD:g} x seed-to-seed SD {spread.sd:.3g} ({spread.where})"
-    else:
-        margin = MARGIN_SEED_SD * final[1] * math.sqrt(n_a * n_b / (n_a + n_b))
-        margin_text = (f"margin {margin:.3g} = {MARGIN_SEED_SD:g} x the spread of configuration means "
-                       f"(no repeats to measure seed noise)")
+    margin, margin_text = claim_margin(entry, study.seed_spread, final[1] * math.sqrt(n_a * n_b / (n_a + n_b)),
+                                       "the spread of configuration means")
     decision, chosen = decide(entry.expect, *final, margin), final
     views = ["projected final" if stops and study.hist is not None else "last reported" if stops else "final"]
     disagree, completed, p2, speed_differs = [], None, np.nan, False

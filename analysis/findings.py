@@ -172,9 +172,9 @@ class Compare(FindingKind):
         # A pairs study's own claims are read from their matched pairs; any other claim (or study)
         # from the adjusted model over all trials.
         if is_designed_pair(evidence.frame, entry.id):
-            row = paired_claim(entry, evidence.frame, evidence.target, alpha=evidence.alpha,
-                               rng=np.random.default_rng(evidence.random_state))
-            return {k: v for k, v in row.items() if k not in ("id", "statement", "kind")}
+            finite = evidence.frame[np.isfinite(evidence.frame[evidence.target].to_numpy(float))]
+            row = paired_claim(entry, finite, evidence.target, alpha=evidence.alpha)
+            return {k: v for k, v in row.items() if k not in ("id", "statement", "kind", "family")}
         return judge_compare(entry, evidence)
 
 
@@ -276,8 +276,6 @@ def load_findings(path: str | Path | None = None) -> list:
 
 def evaluate_findings(entries: list, evidence: Evidence) -> pd.DataFrame:
     """One row per entry (columns VERDICT_COLUMNS), p-values corrected per family (CORRECTION)."""
-    from statsmodels.stats.multitest import multipletests
-
     from threadpoolctl import threadpool_limits
 
     _builtin_kinds()
@@ -291,18 +289,26 @@ def evaluate_findings(entries: list, evidence: Evidence) -> pd.DataFrame:
         if unknown:
             raise ValueError(f"kind {kind.name!r} returned unknown columns {sorted(unknown)}")
         rows.append({"id": entry.id, "statement": entry.statement, "kind": kind.name, "family": kind.family, **out})
-    table = pd.DataFrame(rows).reindex(columns=VERDICT_COLUMNS)
+    return apply_correction(pd.DataFrame(rows).reindex(columns=VERDICT_COLUMNS), evidence.alpha)
+
+
+def apply_correction(table: pd.DataFrame, alpha: float) -> pd.DataFrame:
+    """``p_adjusted`` by CORRECTION within each ``family`` (one family where the column is absent); a
+    decided verdict whose corrected p is not below ``alpha`` becomes inconclusive, saying why."""
+    from statsmodels.stats.multitest import multipletests
+
+    table = table.copy()
     table["p_adjusted"] = np.nan
-    for _, idx in table.groupby("family").groups.items():
+    families = table["family"].fillna("claims") if "family" in table else pd.Series("claims", index=table.index)
+    for _, idx in table.groupby(families).groups.items():
         p = table.loc[idx, "p_value"].astype(float)
         tested = p.notna()
         if tested.any():
-            table.loc[p[tested].index, "p_adjusted"] = multipletests(p[tested], alpha=evidence.alpha,
-                                                                    method=CORRECTION)[1]
-    lost = table["verdict"].ne("inconclusive") & table["p_adjusted"].ge(evidence.alpha)
+            table.loc[p[tested].index, "p_adjusted"] = multipletests(p[tested], alpha=alpha, method=CORRECTION)[1]
+    lost = table["verdict"].ne("inconclusive") & table["p_adjusted"].ge(alpha)
     table.loc[lost, "reason"] = table.loc[lost].apply(
         lambda r: f"{r['reason']}; not significant after correction (p_adjusted {r['p_adjusted']:.3g} >= "
-                  f"{evidence.alpha:g}, {CORRECTION_TEXT})", axis=1)
+                  f"{alpha:g}, {CORRECTION_TEXT})", axis=1)
     table.loc[lost, "verdict"] = "inconclusive"
     return table
 

@@ -17,7 +17,6 @@ contradicted when the interval lies below :data:`MIN_ASYMMETRY`.
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Literal
 

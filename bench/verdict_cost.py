@@ -11,7 +11,7 @@ where its p is below 0.05 (``analysis.designs.decide_alone``). A claim without a
 the rule's default at the simulated seed-to-seed SD, MARGIN_SEED_SD x
 ``Noise.seed_to_seed_sd`` (what repeats or a pilot would measure), in every design and in the
 verdict a study should reach (``correct_verdict``): without repeats each design would fall back
-to a different spread (``analysis.designs.claim_margin``) and its equality claims would ask a
+to a different spread (``analysis.effects.claim_margin``) and its equality claims would ask a
 different question. Only the estimate fed to the rule differs:
 
 - ``random``, ``qmc``, ``tpe``: the Welch difference of the two sides' means (se from the
@@ -194,7 +194,7 @@ def main() -> None:
     truth = surface.truth(n=50_000, seed=args.seed + 1, min_side=5_000 if args.quick else 20_000)
     correct = {c.finding.id: correct_verdict(c.finding, truth[c.finding.id], noise.seed_to_seed_sd)
                for c in surface.claims}
-    print(f"planted claims (population difference a - b; the verdict a study should reach): "
+    print("planted claims (population difference a - b; the verdict a study should reach): "
           + ", ".join(f"{k} {v:+.2f} {correct[k]}" for k, v in truth.items()))
     print(f"noise: {noise}; {reps} studies per design and budget (tpe {tpe_reps}); power {args.power:.0%}")
     rng = np.random.default_rng(args.seed)

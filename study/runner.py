@@ -20,7 +20,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from routed_study.trainables.errors import InputError
 from routed_study.trainables.results import (DESIGN_KEY, DESIGN_KEYS, DESIGN_POINT_KEY, OPTUNA_TRIAL_KEY,
-                                             REPEAT_INDEX_KEY, best, stopped_early)
+                                             best, stopped_early)
 from routed_study.trainables.routed_prompt.config import knob_values
 
 from routed_study.study.location import Location
@@ -275,7 +275,6 @@ def build_tuner(spec: "StudySpec", trainable: Callable | None = None):
     from ray import tune
     from ray.tune import CheckpointConfig, FailureConfig, RunConfig, TuneConfig, Tuner
 
-    study_dir = spec.study_dir
     callbacks = [
         StudyMLflowCallback(spec.mlflow_tracking_uri, spec.name, spec.mlflow_artifact_location),
         StudyProgress(spec.name, total=spec.num_samples, metric=spec.metric, mode=spec.mode),

@@ -26,7 +26,6 @@ Decisions worth knowing:
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 from typing import Any, Literal
 

@@ -55,7 +55,7 @@ class Noise:
 
 def correct_verdict(finding: Any, truth: float, seed_to_seed_sd: float) -> str:
     """The verdict a study should reach on a claim whose population difference is ``truth``; the
-    equivalence margin by the claims' rule (``analysis.designs.claim_margin``): the finding's own,
+    equivalence margin by the claims' rule (``analysis.effects.claim_margin``): the finding's own,
     else MARGIN_SEED_SD x the true seed-to-seed SD."""
     margin = finding.margin if finding.margin is not None else MARGIN_SEED_SD * seed_to_seed_sd
     if finding.expect == "equal":
