@@ -25,8 +25,8 @@ import pandas as pd
 import yaml
 
 from routed_study.trainables.errors import InputError, did_you_mean
-from routed_study.trainables.results import (EPOCH, REPEAT_INDEX_KEY, TIMING_METRICS, TRAINING_ITERATION,
-                                             stopped_early)
+from routed_study.trainables.results import (DESIGN_KEYS, EPOCH, REPEAT_INDEX_KEY, TIMING_METRICS,
+                                             TRAINING_ITERATION, stopped_early)
 
 #: How each trial status enters the analysis (also printed in the report).
 STATUS_TREATMENT = {
@@ -124,7 +124,8 @@ def _finish(rows: list[dict], target: str, source: str, notes: list[str]) -> Tri
     knobs = [c for c in frame.columns if c.startswith("config/")]
     frame = frame.rename(columns={c: c[len("config/"):] for c in knobs})
     knobs = [c[len("config/"):] for c in knobs if not c.startswith("config/__")]
-    frame = frame.drop(columns=[c for c in frame.columns if c.startswith("__")])
+    # Bookkeeping keys go, except a designed study's (the analysis of the design reads them).
+    frame = frame.drop(columns=[c for c in frame.columns if c.startswith("__") and c not in DESIGN_KEYS])
     return TrialTable(frame=frame, knobs=knobs, target=target, source=source, notes=notes)
 
 

@@ -141,9 +141,12 @@ class SearchSpace(ABC):
 
     def suggestion_order(self) -> list[Param]:
         """The params with every knob a condition reads before the knob it guards."""
-        params = self.parameters()
-        graph = TopologicalSorter({name: [k for k in p.reads if k in params] for name, p in params.items()})
-        return [params[name] for name in graph.static_order()]
+        # Computed once per space (a space's params never change): designs draw thousands of trials.
+        if "_suggestion_order" not in self.__dict__:
+            params = self.parameters()
+            graph = TopologicalSorter({name: [k for k in p.reads if k in params] for name, p in params.items()})
+            self._suggestion_order = [params[name] for name in graph.static_order()]
+        return list(self._suggestion_order)
 
     def define_by_run(self, trial: optuna.Trial) -> dict[str, Any] | None:
         """Suggest every knob that applies on ``trial``; return the constants (Ray merges them)."""
@@ -217,6 +220,24 @@ class SearchSpace(ABC):
             lines.append(f"  grid: {product} points, {self.grid_size()} distinct models "
                          f"({product - self.grid_size()} duplicate runs skipped)")
         return (["inert knobs:"] + lines) if lines else []
+
+    def conditional_knobs(self) -> dict[str, str]:
+        """Searched knobs that some configuration of this space does not suggest -> their condition.
+
+        Exact over the values the condition reads (choices, range ends, the default of a read
+        knob that is itself conditional), as :meth:`check` does for fixed knobs.
+        """
+        constants, found = self.constants(), {}
+        for name, param in self.parameters().items():
+            readers = sorted(param.reads)
+            for combo in itertools.product(*(self._possible(k) for k in readers)):
+                if not param.active({**constants, **dict(zip(readers, combo))}):
+                    applies = KNOBS[name].applies
+                    conds = ([applies.text] if applies is not None else []) + [
+                        f"{k} in [{format_choices(v)}]" for k, v in param.when.items()]
+                    found[name] = " and ".join(conds)
+                    break
+        return found
 
     def check_setup(self, setup: Any, where: str = "space") -> None:
         """Checks that need the study's setup: the longest prompt the space can compose plus

@@ -19,10 +19,12 @@ import optuna
 from ray.tune.search.optuna import OptunaSearch
 
 from routed_study.trainables.errors import InputError
-from routed_study.trainables.results import OPTUNA_TRIAL_KEY, REPEAT_INDEX_KEY, best, stopped_early
+from routed_study.trainables.results import (DESIGN_KEY, DESIGN_KEYS, DESIGN_POINT_KEY, OPTUNA_TRIAL_KEY,
+                                             REPEAT_INDEX_KEY, best, stopped_early)
 from routed_study.trainables.routed_prompt.config import knob_values
 
 from routed_study.study.location import Location
+from routed_study.study.designs import SEED_KNOB
 from routed_study.study.progress import StudyProgress
 from routed_study.study.spec import StudySpec
 from routed_study.study.tracking import (StudyMLflowCallback, ensure_experiment, ensure_parent_run, finish_parent_run,
@@ -78,11 +80,31 @@ class StudyOptunaSearch(OptunaSearch):
     (fewer training iterations, one per epoch, than its ``epochs`` knob) is told
     to Optuna as PRUNED, with its per-epoch values as intermediate values, instead
     of COMPLETE with a partly-trained score (what the base class does).
+
+    A designed study (``design``: its points) enqueues every point once in the Optuna study,
+    its design keys and seed as the trial's user attributes; each Ray trial takes the next
+    waiting one (Optuna's own queue, kept in ``optuna.db``, so a resumed study continues it)
+    and carries those keys in its config. ``design_name`` alone (qmc) only tags the trials.
     """
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, design=None, design_name: str | None = None, **kwargs):
+        self._design = list(design or [])  # read by _setup_study, which the base __init__ calls
+        self._designed = bool(self._design)
+        self._design_name = design_name
         super().__init__(*args, **kwargs)
         self._orphans: list[int] = []  # Optuna trial ids to adopt, filled by restore
+
+    def _setup_study(self, mode):
+        super()._setup_study(mode)
+        if not self._design:
+            return
+        # Enqueue the points not yet in the study (all of them for a new one; a driver killed
+        # while enqueueing left some).
+        present = {t.user_attrs.get(DESIGN_POINT_KEY) for t in self._ot_study.get_trials(deepcopy=False)}
+        for point in self._design:
+            if point.keys[DESIGN_POINT_KEY] not in present:
+                self._ot_study.enqueue_trial(point.params, user_attrs={**point.keys, SEED_KNOB: point.seed})
+        self._design = []  # in optuna.db now; the pickled searcher need not carry them
 
     def restore(self, checkpoint_path: str):
         """Restore, then collect the orphans: Optuna trials still RUNNING that no restored Ray
@@ -111,6 +133,15 @@ class StudyOptunaSearch(OptunaSearch):
         config = super().suggest(trial_id)
         if isinstance(config, dict):
             config[OPTUNA_TRIAL_KEY] = self._ot_trials[trial_id].number
+            if self._designed:
+                attrs = self._ot_trials[trial_id].user_attrs
+                if DESIGN_POINT_KEY not in attrs:  # the queue ran dry: Ray asked for more trials than designed
+                    raise RuntimeError(f"designed study: Optuna trial {config[OPTUNA_TRIAL_KEY]} is no design point")
+                config.update({k: attrs[k] for k in DESIGN_KEYS if k in attrs})
+                if attrs.get(SEED_KNOB) is not None:
+                    config[SEED_KNOB] = attrs[SEED_KNOB]
+            elif self._design_name:
+                config[DESIGN_KEY] = self._design_name
         return config
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
@@ -138,7 +169,8 @@ def make_search_alg(spec: "StudySpec"):
 
     searcher = StudyOptunaSearch(
         space=spec.space.define_by_run, sampler=spec.make_sampler(), metric=spec.metric, mode=spec.mode,
-        storage=optuna_storage(spec.optuna_storage), study_name=spec.optuna_study_name)
+        storage=optuna_storage(spec.optuna_storage), study_name=spec.optuna_study_name,
+        design=spec.design_points, design_name=spec.algorithm.design_name)
     if spec.repeats > 1:
         # Every repeat gets config[REPEAT_INDEX_KEY] (added to the seed by the trainable);
         # Optuna sees one trial per configuration, told the mean over repeats.

@@ -35,6 +35,7 @@ from pydantic import Field
 
 from routed_study.search_spaces import SearchSpace, get_space
 from routed_study.search_spaces.base import Override
+from routed_study.study.designs import SearchAlgorithm, algorithm_names, get_algorithm
 from routed_study.study.location import Location, check_location, is_uri, s3_endpoint_note
 from routed_study.trainables.errors import InputError, did_you_mean
 from routed_study.trainables.plugins import load_plugins
@@ -42,7 +43,7 @@ from routed_study.trainables.routed_prompt.config import KNOBS
 from routed_study.trainables.schema import Section, parse
 from routed_study.trainables.setup import BACKBONE_FAMILIES, TrialSetup
 
-SEARCH_ALGORITHMS = ("tpe", "random", "grid")
+SEARCH_ALGORITHMS = algorithm_names()
 SCHEDULERS = ("asha", "none")
 MODES = ("max", "min")
 #: Trials of a random or TPE search when ``trials.num`` is not given.
@@ -96,8 +97,22 @@ class Space(Section):
 
 
 class Search(Section):
-    algorithm: Literal[SEARCH_ALGORITHMS] = Field("tpe", description="Optuna's sampler.")
-    seed: int = Field(0, ge=0)
+    """How trials are chosen: an Optuna sampler, or a design fixed before the first trial."""
+
+    algorithm: Literal[SEARCH_ALGORITHMS] = Field("tpe", description="; ".join(
+        f"{name}: {get_algorithm(name).help}" for name in SEARCH_ALGORITHMS) + ".")
+    seed: int = Field(0, ge=0, description="Seed of the sampler or of the design's draws.")
+    findings: str | None = Field(None, description="pairs: the findings file whose compared claims are designed "
+                                                   "(relative to the working directory); default: the shipped "
+                                                   "analysis/findings.yaml.")
+    claims: list[str] | None = Field(None, min_length=1, description="pairs: ids of the claims to design; "
+                                                                     "default: every compared claim of the file.")
+    bases: int = Field(8, ge=2, description="pairs: base configurations per claim (each runs with the claim's "
+                                            "a and b values).")
+    trajectories: int = Field(10, ge=2, description="screening: Morris trajectories r; the design runs "
+                                                    "r x (searched knobs + 1) configurations.")
+    levels: int = Field(4, ge=2, description="screening: grid levels per knob (even; a range is cut at its "
+                                             "quantiles, a choice list at its ordered values).")
 
 
 class Scheduler(Section):
@@ -192,9 +207,8 @@ class StudySpec:
     the trial setup and the search space built from it. The flat attributes the runner reads
     (``num_trials``, ``metric``, ...) are the file's keys named in :data:`FLAT_NAMES`."""
 
-    def __init__(self, file: StudyFile, setup: TrialSetup, space: SearchSpace):
-        self.file, self.setup, self.space = file, setup, space
-
+    def __init__(self, file: StudyFile, setup: TrialSetup, space: SearchSpace, algorithm: SearchAlgorithm):
+        self.file, self.setup, self.space, self.algorithm = file, setup, space, algorithm
 
     @property
     def cluster_address(self) -> str | None:
@@ -264,7 +278,8 @@ class StudySpec:
         space = get_space(given.space.name, where="key 'space.name'")
         space = space.customise(given.space.override, given.space.fixed, where="space")
         space.check_setup(setup, where="space")
-        num_trials = _num_trials(given, space)
+        algorithm = _algorithm(given, space)
+        num_trials = _num_trials(given, space, algorithm)
         if given.trials.repeats > 1 and given.scheduler.name == "asha":
             raise InputError("key 'trials.repeats': repeats > 1 needs scheduler: none (ASHA would stop some "
                              "repeats of a configuration early and bias its average)")
@@ -274,13 +289,15 @@ class StudySpec:
         resolved = given.model_copy(update={
             "data": d.model_copy(update={"dir": setup.data_dir}),
             "space": Space.model_validate(space.to_spec()),
+            "search": given.search.model_copy(update={"findings": given.search.findings and str(
+                Path(given.search.findings).expanduser().absolute())}),
             "trials": given.trials.model_copy(update={"num": num_trials}),
             "storage": Storage(dir=str(storage),
                                mlflow_tracking_uri=_store_uri(given.storage, "mlflow_tracking_uri", study_dir,
                                                               "mlflow.db"),
                                optuna_storage=_store_uri(given.storage, "optuna_storage", study_dir, "optuna.db")),
         })
-        spec = cls(resolved, setup, space)
+        spec = cls(resolved, setup, space, algorithm)
         spec._check_metric()
         spec._check_schedule()
         spec._check_resources()
@@ -323,13 +340,12 @@ class StudySpec:
     # ------------------------------------------------------------------ API
     def make_sampler(self):
         """The Optuna sampler of ``search.algorithm``, seeded with ``search.seed``."""
-        import optuna
+        return self.algorithm.sampler()
 
-        if self.search_algorithm == "grid":
-            return self.space.grid_sampler(seed=self.search_seed)
-        if self.search_algorithm == "random":
-            return optuna.samplers.RandomSampler(seed=self.search_seed)
-        return optuna.samplers.TPESampler(seed=self.search_seed)
+    @property
+    def design_points(self):
+        """The designed trials (``study/designs.py``), or None when a sampler proposes them."""
+        return self.algorithm.points()
 
     def max_epochs(self) -> int:
         """The most epochs any trial can run (ASHA's max_t)."""
@@ -364,7 +380,10 @@ class StudySpec:
             f"space '{self.space.name}': {searched} searched knob(s), {len(self.space.constants())} fixed  -- {doc}",
             *self.space.describe(),
             *self.space.inert_report(),
-            f"search: {self.search_algorithm} (seed {self.search_seed}), optimising {self.metric} ({self.mode})",
+            f"search: {self.search_algorithm} (seed {self.search_seed}), "
+            + (f"measuring {self.metric}" if self.design_points is not None else
+               f"optimising {self.metric} ({self.mode})"),
+            *self.algorithm.describe(),
             f"scheduler: {self.scheduler}" + (f" (grace period {self.grace_period}, reduction factor "
                                                f"{self.reduction_factor:g}, max {self.max_epochs()} epochs)"
                                                if self.scheduler == "asha" else ""),
@@ -390,8 +409,30 @@ for _attribute, _key in FLAT_NAMES.items():
     setattr(StudySpec, _attribute, _alias(_key))
 
 
-def _num_trials(given: StudyFile, space: SearchSpace) -> int:
-    """``trials.num``, checked against the space: the grid size by default with grid search."""
+def _algorithm(given: StudyFile, space: SearchSpace) -> SearchAlgorithm:
+    """The search algorithm of the spec, built (a design computes its trials here, before any runs)."""
+    chosen = get_algorithm(given.search.algorithm)
+    for key in sorted(given.search.model_fields_set - {"algorithm", "seed"}):
+        # A resolved spec (study.yaml) lists every key at its default: only a changed one is misplaced.
+        if key not in chosen.reads and getattr(given.search, key) != Search.model_fields[key].default:
+            readers = [n for n in SEARCH_ALGORITHMS if key in get_algorithm(n).reads]
+            raise InputError(f"key 'search.{key}': read by algorithm {' and '.join(readers)} only, not "
+                             f"{chosen.name}")
+    if chosen.needs_full_trials and given.scheduler.name != "none":
+        raise InputError(f"key 'scheduler.name': the {chosen.name} design needs scheduler: none (ASHA would "
+                         f"stop some trials of a comparison early and bias it)")
+    return chosen(given.search, space, given.trials.repeats)
+
+
+def _num_trials(given: StudyFile, space: SearchSpace, chosen: SearchAlgorithm) -> int:
+    """``trials.num``, checked against the space: the grid size by default with grid search, the
+    design's size with a design."""
+    points = chosen.points()
+    if points is not None:
+        if given.trials.num not in (None, len(points)):
+            raise InputError(f"key 'trials.num': the {chosen.name} design has {len(points)} configurations; "
+                             f"leave trials.num out (search.bases or search.trajectories size a design)")
+        return len(points)
     algorithm = given.search.algorithm
     grid = space.grid()
     if algorithm == "grid" and grid is None:

@@ -22,8 +22,8 @@ from ray.tune.result import AUTO_RESULT_KEYS
 
 from routed_study.study.spec import artifact_location_for  # noqa: F401  (defined with the spec's locations; imported from here too)
 from routed_study.trainables.errors import InputError
-from routed_study.trainables.results import (OPTUNA_TRIAL_KEY, REPEAT_INDEX_KEY, TIMING_METRICS, TRAINING_ITERATION,
-                                TRIAL_ARTIFACTS)
+from routed_study.trainables.results import (DESIGN_KEYS, OPTUNA_TRIAL_KEY, REPEAT_INDEX_KEY, TIMING_METRICS,
+                                             TRAINING_ITERATION, TRIAL_ARTIFACTS)
 from routed_study.trainables.routed_prompt.config import knob_values
 
 if TYPE_CHECKING:
@@ -39,6 +39,8 @@ TAG_RAY_TRIAL_NAME = "ray.trial_name"
 TAG_OPTUNA_TRIAL = "optuna.trial_number"
 TAG_REPEAT_INDEX = "ray.repeat_index"
 TAG_ERROR = "error"
+#: A designed trial's keys (design, point, base, flip, side, delta) as tags: routed_study.design, ...
+DESIGN_TAGS = {key: f"routed_study.{key.strip('_')}" for key in DESIGN_KEYS}
 
 # Ray bookkeeping that is not a measurement; the timings stay.
 _NOT_METRICS = frozenset(AUTO_RESULT_KEYS) - set(TIMING_METRICS)
@@ -212,9 +214,14 @@ class StudyMLflowCallback(MLflowLoggerCallback):
                 tags[TAG_OPTUNA_TRIAL] = str(trial.config[OPTUNA_TRIAL_KEY])
             if REPEAT_INDEX_KEY in trial.config:
                 tags[TAG_REPEAT_INDEX] = str(trial.config[REPEAT_INDEX_KEY])
+            design = {key: trial.config[key] for key in DESIGN_KEYS if key in trial.config}
+            tags.update({DESIGN_TAGS[key]: str(value) for key, value in design.items()})
             run = self._client.create_run(self.mlflow_util.experiment_id, run_name=str(trial), tags=tags)
             run_id = run.info.run_id
-            _log_params(self._client, run_id, knob_values(trial.config))
+            # The design keys and the repeat index are params too: the analysis reads a study from
+            # MLflow by its params (a repeat's seed is the config's seed plus its index).
+            repeat = {REPEAT_INDEX_KEY: trial.config[REPEAT_INDEX_KEY]} if REPEAT_INDEX_KEY in trial.config else {}
+            _log_params(self._client, run_id, {**knob_values(trial.config), **design, **repeat})
             self._last_iteration[run_id] = 0
         self._trial_runs[trial] = run_id
 

@@ -291,4 +291,4 @@ def test_schema_prints_the_spec_json_schema(capsys):
     trials = schema["$defs"]["Trials"]["properties"]
     assert trials["num"]["anyOf"][0] == {"minimum": 1, "type": "integer"}
     search = schema["$defs"]["Search"]["properties"]["algorithm"]
-    assert search["enum"] == ["tpe", "random", "grid"]
+    assert search["enum"] == ["tpe", "random", "grid", "qmc", "pairs", "screening"]

@@ -172,7 +172,7 @@ CASES = [
     Case("repeats under asha", validate(smoke(scheduler={"name": "asha"}, trials__repeats=2)),
          "key 'trials.repeats'"),
     Case("grid over ranges", validate(smoke(search__algorithm="grid")), "key 'search.algorithm'"),
-    Case("unknown algorithm", validate(smoke(search__algorithm="bayes")), "allowed values: 'tpe', 'random', 'grid'"),
+    Case("unknown algorithm", validate(smoke(search__algorithm="bayes")), "allowed values: 'tpe', 'random', 'grid', 'qmc', 'pairs', 'screening'"),
     Case("unknown task", validate(smoke(data__tasks=["rt_sentimnt"])), "unknown task 'rt_sentimnt'"),
     Case("duplicate task", validate(smoke(data__tasks=["bbc_topic", "bbc_topic"])), "lists a task twice"),
     Case("unknown space", validate(smoke(space__name="fidnings")), "key 'space.name'"),

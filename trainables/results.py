@@ -25,6 +25,17 @@ REPEAT_INDEX_KEY = "__trial_index__"
 #: Config key the study's searcher adds: the Optuna trial number behind a Ray trial.
 OPTUNA_TRIAL_KEY = "__optuna_trial_number__"
 
+#: Config keys a designed study (``search.algorithm`` qmc, pairs, screening; ``study/designs.py``)
+#: adds to each trial; the trainable ignores them, tracking and the analysis read them.
+DESIGN_KEY = "__design__"               # the design's name
+DESIGN_POINT_KEY = "__design_point__"   # the trial's index in the design (pairs, screening)
+DESIGN_BASE_KEY = "__design_base__"     # pairs: the base configuration; screening: the trajectory
+DESIGN_FLIP_KEY = "__design_flip__"     # pairs: the claim whose knob this trial flips ('' on a base);
+                                        # screening: the knob moved from the trajectory's previous point
+DESIGN_SIDE_KEY = "__design_side__"     # pairs: 'a' or 'b' on a flip, 'base' on a base
+DESIGN_DELTA_KEY = "__design_delta__"   # screening: the signed step of that knob (unit scale)
+DESIGN_KEYS = (DESIGN_KEY, DESIGN_POINT_KEY, DESIGN_BASE_KEY, DESIGN_FLIP_KEY, DESIGN_SIDE_KEY, DESIGN_DELTA_KEY)
+
 #: Files the trainable writes into its trial directory (they become MLflow run artifacts).
 ROUTER_CSV = "router_matrix.csv"     # tasks x candidates router logits
 ROUTER_PNG = "router_heatmap.png"
