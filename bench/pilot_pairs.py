@@ -1,0 +1,225 @@
+"""Pilot of the ``pairs`` design on the real offline suite, and the size of findings_offline.yaml.
+
+Runs (``--run``) or reads the pilot study of ``study/specs/pilot_pairs.yaml`` (MiniLM, a few
+offline tasks, a few compared claims, every configuration with several seeds) and prints:
+
+- its verdicts, per claim, from the pairs analysis (``analysis.designs.paired_claims``: paired
+  t-test over bases, nested bootstrap interval), with the paired effect a - b and its interval;
+- the measured spreads: seed spread (SD between seeds of one configuration, pooled over the
+  design's points), configuration spread (SD of configuration means, seed share removed), and
+  per claim the two parts of a pair's difference: the seed part (SD of a base's seed-matched
+  differences between its seeds) and the base part (how the effect varies from base to base);
+- the study's wall time and seconds per trial (from its MLflow runs' start and end times);
+- the power computation that sizes ``study/specs/findings_offline.yaml``: per claim, the bases
+  the pairs analysis needs for ``--power`` at alpha 0.05, each base run with that spec's
+  ``trials.repeats`` seeds. Directional claims: the paired t-test over bases (its exact power
+  from the noncentral t, statsmodels' ``TTestPower``) at the measured effect and a pair's SD
+  sd^2 = base part^2 + seed part^2 / repeats. Equality claims: TOST within the margin
+  (normal approximation at a true difference of 0). The SD is the larger of the claim's own
+  and the pooled one (a pilot's few bases can make one claim's SD look small by chance).
+  A claim the pilot did not measure is sized at the pooled SD for the effect ``--effect``
+  (default: the smallest effect the pilot decided); the study's ``search.bases`` is the
+  largest need, at most ``--max-bases``.
+
+Last line: ``findings_offline_runs=<runs findings_offline.yaml makes at that size>``.
+
+    python bench/pilot_pairs.py [--run] [--study DIR] [--spec study/specs/pilot_pairs.yaml]
+        [--target study/specs/findings_offline.yaml] [--power 0.8] [--max-bases 40]
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+from scipy import stats
+from statsmodels.stats.power import TTestPower
+
+from routed_study.analysis.designs import pair_differences, paired_claims
+from routed_study.analysis.effects import MARGIN_SEED_SD
+from routed_study.analysis.findings import load_findings
+from routed_study.analysis.loading import load_trials
+from routed_study.study.cli import main as cli
+from routed_study.study.spec import StudySpec
+from routed_study.trainables.results import DESIGN_POINT_KEY
+
+REPO = Path(__file__).resolve().parents[1]
+ALPHA = 0.05
+#: Seconds of a GPU training step against this machine's (docs/environment.md: ~0.65 s a step
+#: here on 2 threads; reproduce_findings.yaml's header: an H100 measured 0.017 s a step).
+STEP_S_HERE, STEP_S_GPU = 0.65, 0.017
+
+
+def seed_spread(frame: pd.DataFrame, target: str) -> tuple[float, int]:
+    """Pooled SD between seeds of one design point (one-way ANOVA residual) and its df."""
+    groups = frame.groupby(DESIGN_POINT_KEY)[target]
+    df = int((groups.count() - 1).clip(lower=0).sum())
+    ss = float(groups.apply(lambda g: ((g - g.mean()) ** 2).sum()).sum())
+    return math.sqrt(ss / df) if df else float("nan"), df
+
+
+def config_spread(frame: pd.DataFrame, target: str, seed_sd: float) -> float:
+    """SD of the configurations' own means (the seed share of their variance removed)."""
+    groups = frame.groupby(DESIGN_POINT_KEY)[target]
+    means, seeds = groups.mean(), groups.count().mean()
+    return math.sqrt(max(0.0, float(means.var(ddof=1)) - seed_sd ** 2 / seeds))
+
+
+def pair_parts(diffs: pd.DataFrame) -> dict[str, float]:
+    """A claim's pair differences split into a seed part (within a base) and a base part."""
+    by_base = diffs.groupby("base")["diff"]
+    df_w = int((by_base.count() - 1).clip(lower=0).sum())
+    seed_part = math.sqrt(float(by_base.apply(lambda g: ((g - g.mean()) ** 2).sum()).sum()) / df_w) if df_w else 0.0
+    means = by_base.mean()
+    seeds = float(by_base.count().mean())
+    base_part = math.sqrt(max(0.0, float(means.var(ddof=1)) - seed_part ** 2 / seeds)) if len(means) > 1 else 0.0
+    return {"seed_part": seed_part, "base_part": base_part, "df_seed": df_w, "df_base": len(means) - 1,
+            "pilot_seeds": seeds}
+
+
+def pair_sd(parts: dict[str, float], repeats: int) -> float:
+    return math.sqrt(parts["base_part"] ** 2 + parts["seed_part"] ** 2 / repeats)
+
+
+def bases_for_difference(effect: float, sd: float, power: float) -> float:
+    """Bases a two-sided paired t-test over bases needs to detect ``effect`` with ``power``."""
+    if sd == 0:
+        return 2.0
+    if effect == 0:
+        return math.inf
+    return float(TTestPower().solve_power(effect_size=abs(effect) / sd, alpha=ALPHA, power=power,
+                                          alternative="two-sided"))
+
+
+def bases_for_equality(margin: float, sd: float, power: float) -> float:
+    """Bases TOST (alpha each side) needs to show |a - b| < margin when a = b (normal approx.)."""
+    z = stats.norm.ppf(1 - ALPHA) + stats.norm.ppf(1 - (1 - power) / 2)
+    return (z * sd / margin) ** 2
+
+
+def wall_time(study_dir: Path) -> tuple[float, int]:
+    """Seconds from the first trial's start to the last one's end, and the trials that ended."""
+    import mlflow
+
+    client = mlflow.tracking.MlflowClient(f"sqlite:///{study_dir / 'mlflow.db'}")
+    runs = [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])
+            if "mlflow.parentRunId" in r.data.tags and r.info.end_time]
+    if not runs:
+        return float("nan"), 0
+    return (max(r.info.end_time for r in runs) - min(r.info.start_time for r in runs)) / 1000, len(runs)
+
+
+def steps_per_trial(spec: StudySpec) -> float:
+    """Training steps of an average trial (every task's examples / batch size x mean epochs)."""
+    def mean_of(knob: str) -> float:
+        values = spec.space._possible(knob)
+        return float(np.mean(values))
+    train = sum(spec.setup.train_size(t) for t in spec.setup.tasks)
+    if "train_per_task" in spec.space.parameters() or "train_per_task" in spec.space.constants():
+        train = mean_of("train_per_task") * len(spec.setup.tasks)
+    return math.ceil(train / mean_of("batch_size")) * mean_of("epochs")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--spec", default=str(REPO / "study/specs/pilot_pairs.yaml"))
+    parser.add_argument("--study", help="the pilot's study directory (default: the spec's)")
+    parser.add_argument("--run", action="store_true", help="run the pilot first (routed-study run)")
+    parser.add_argument("--target", default=str(REPO / "study/specs/findings_offline.yaml"))
+    parser.add_argument("--power", type=float, default=0.8)
+    parser.add_argument("--max-bases", type=int, default=40)
+    parser.add_argument("--effect", type=float, help="points an unmeasured claim is sized to detect")
+    args = parser.parse_args()
+
+    spec = StudySpec.load(args.spec)
+    study_dir = Path(args.study) if args.study else Path(str(spec.study_dir))
+    if args.run:
+        start = time.perf_counter()
+        code = cli(["run", args.spec])
+        print(f"routed-study run: exit {code}, {time.perf_counter() - start:.0f} s")
+
+    table = load_trials(study_dir, spec.metric)
+    target = table.target
+    frame = table.frame[table.frame["status"] == "ok"]
+    seconds, ended = wall_time(study_dir)
+    seed_sd, seed_df = seed_spread(frame, target)
+    margin = MARGIN_SEED_SD * seed_sd
+    claims = [c.finding.id for c in spec.algorithm.claims]
+    findings = [f.model_copy(update={"margin": f.margin if f.margin is not None else margin})
+                for f in load_findings(spec.file.search.findings)]
+    by_id = {f.id: f for f in findings}
+
+    print(f"pilot: {spec.name}, {len(frame)} of {spec.num_samples} trials ok, {len(spec.setup.tasks)} tasks "
+          f"({', '.join(spec.setup.tasks)}), backbone {spec.setup.backbone}, {steps_per_trial(spec):.0f} training "
+          f"steps a trial, {spec.repeats} seeds a configuration")
+    print(f"wall time: {seconds:.0f} s for {ended} trials at concurrency {spec.concurrency}: "
+          f"{seconds / max(ended, 1):.1f} s a trial")
+    print(f"seed spread: SD {seed_sd:.2f} points between seeds of one configuration ({seed_df} df); "
+          f"configuration spread: SD {config_spread(frame, target, seed_sd):.2f} points; "
+          f"equality margin {margin:.2f} ({MARGIN_SEED_SD} seed SD)")
+
+    # The pairs analysis, at the pilot's own number of bases (its default asks for 5).
+    verdicts = paired_claims(frame, findings, target, min_bases=spec.file.search.bases).set_index("id")
+    target_spec = StudySpec.load(args.target)
+    repeats = target_spec.repeats
+    parts = {c: pair_parts(pair_differences(frame, c, target)) for c in claims}
+    pooled = {k: math.sqrt(np.average([p[k] ** 2 for p in parts.values()],
+                                      weights=[max(p["df_seed" if k == "seed_part" else "df_base"], 1e-9)
+                                               for p in parts.values()]))
+              for k in ("seed_part", "base_part")}
+    pooled_sd = pair_sd(pooled, repeats)
+    print(f"\nper claim (effect = a - b, points; interval 95 %; sd = a pair's SD at {repeats} seeds a base):")
+    print(f"{'claim':6} {'verdict':13} {'effect':>7} {'interval':>17} {'p':>7} {'seed part':>9} "
+          f"{'base part':>9} {'sd':>6} {'bases for ' + format(args.power, '.0%'):>14}")
+    needs = {}
+    for c in claims:
+        row, p = verdicts.loc[c], parts[c]
+        sd = max(pair_sd(p, repeats), pooled_sd)
+        f = by_id[c]
+        need = (bases_for_equality(f.margin, sd, args.power) if f.expect == "equal"
+                else bases_for_difference(row.effect, sd, args.power))
+        needs[c] = need
+        print(f"{c:6} {row.verdict:13} {row.effect:7.2f} [{row.ci_low:7.2f}, {row.ci_high:7.2f}] "
+              f"{row.p_value:7.3f} {p['seed_part']:9.2f} {p['base_part']:9.2f} {sd:6.2f} {math.ceil(need):14}")
+    print(f"pooled: seed part {pooled['seed_part']:.2f}, base part {pooled['base_part']:.2f}, "
+          f"a pair's SD at {repeats} seeds {pooled_sd:.2f}")
+
+    decided = [abs(verdicts.loc[c].effect) for c in claims if verdicts.loc[c].verdict != "inconclusive"]
+    effect = args.effect or (min(decided) if decided else float(np.median([abs(verdicts.loc[c].effect)
+                                                                            for c in claims])))
+    others = [c.finding for c in target_spec.algorithm.claims if c.finding.id not in parts]
+    for f in others:
+        f_margin = f.margin if f.margin is not None else margin
+        needs[f.id] = (bases_for_equality(f_margin, pooled_sd, args.power) if f.expect == "equal"
+                       else bases_for_difference(effect, pooled_sd, args.power))
+    print(f"claims the pilot did not measure ({len(others)}): sized at the pooled SD for an effect of "
+          f"{effect:.2f} points (directional) or the margin {margin:.2f} (equality): "
+          + ", ".join(f"{f.id} {math.ceil(needs[f.id])}" for f in others))
+
+    finite = [n for n in needs.values() if math.isfinite(n)]
+    bases = min(args.max_bases, max(5, math.ceil(max(finite))))
+    short = [c for c, n in needs.items() if n > bases]
+    raw = yaml.safe_load(Path(args.target).read_text())
+    raw["search"]["bases"] = bases
+    sized = StudySpec.from_dict(raw, file=args.target)
+    per_trial_here = seconds / max(ended, 1) * steps_per_trial(sized) / steps_per_trial(spec)
+    hours_here = sized.num_samples * per_trial_here / 3600
+    print(f"\nfindings_offline: {len(needs)} claims, search.bases {bases} (largest need"
+          + (f", capped; below {args.power:.0%} power: {', '.join(short)}" if short else "") + f"), "
+          f"{sized.num_trials} configurations x {sized.repeats} seeds = {sized.num_samples} runs; "
+          f"file has bases {target_spec.file.search.bases} ({target_spec.num_samples} runs)")
+    print(f"expected time: {per_trial_here:.0f} s a trial here at concurrency {spec.concurrency} "
+          f"({steps_per_trial(sized):.0f} steps against the pilot's {steps_per_trial(spec):.0f}), "
+          f"{hours_here:.1f} h on this machine; on one GPU at {STEP_S_GPU} s a step (compute x "
+          f"{STEP_S_GPU / STEP_S_HERE:.3f}; model loading and evaluation not scaled): "
+          f"{hours_here * STEP_S_GPU / STEP_S_HERE:.2f} h compute")
+    print(f"findings_offline_runs={sized.num_samples}")
+
+
+if __name__ == "__main__":
+    main()
