@@ -24,7 +24,7 @@ offline tasks, a few compared claims, every configuration with several seeds) an
 Last line: ``findings_offline_runs=<runs findings_offline.yaml makes at that size>``.
 
     python bench/pilot_pairs.py [--run] [--study DIR] [--spec study/specs/pilot_pairs.yaml]
-        [--target study/specs/findings_offline.yaml] [--power 0.8] [--max-bases 40]
+        [--target study/specs/findings_offline.yaml] [--power 0.8] [--max-bases 40] [--effect POINTS]
 """
 
 from __future__ import annotations
@@ -50,9 +50,10 @@ from routed_study.trainables.results import DESIGN_POINT_KEY
 
 REPO = Path(__file__).resolve().parents[1]
 ALPHA = 0.05
-#: Seconds of a GPU training step against this machine's (docs/environment.md: ~0.65 s a step
-#: here on 2 threads; reproduce_findings.yaml's header: an H100 measured 0.017 s a step).
-STEP_S_HERE, STEP_S_GPU = 0.65, 0.017
+#: One GPU (reproduce_findings.yaml's header; docs/environment.md gives no GPU figure): an H100
+#: measured 0.017 s a training step, and a run of ~315 steps took ~15-20 s, mostly model loading
+#: and evaluation, so a run costs about GPU_RUN_S plus its steps.
+GPU_STEP_S, GPU_RUN_S = 0.017, 15.0
 
 
 def seed_spread(frame: pd.DataFrame, target: str) -> tuple[float, int]:
@@ -86,14 +87,18 @@ def pair_sd(parts: dict[str, float], repeats: int) -> float:
     return math.sqrt(parts["base_part"] ** 2 + parts["seed_part"] ** 2 / repeats)
 
 
-def bases_for_difference(effect: float, sd: float, power: float) -> float:
-    """Bases a two-sided paired t-test over bases needs to detect ``effect`` with ``power``."""
+def bases_for_difference(effect: float, sd: float, power: float, most: int = 10_000) -> float:
+    """Fewest bases (>= 2) at which a two-sided paired t-test over bases detects ``effect`` with
+    ``power`` (exact: noncentral t); inf beyond ``most`` or with no effect measured."""
+    if not np.isfinite(effect) or effect == 0:
+        return math.inf
     if sd == 0:
         return 2.0
-    if effect == 0:
-        return math.inf
-    return float(TTestPower().solve_power(effect_size=abs(effect) / sd, alpha=ALPHA, power=power,
-                                          alternative="two-sided"))
+    size, test = abs(effect) / sd, TTestPower()
+    for n in range(2, most + 1):
+        if test.power(effect_size=size, nobs=n, alpha=ALPHA, alternative="two-sided") >= power:
+            return float(n)
+    return math.inf
 
 
 def bases_for_equality(margin: float, sd: float, power: float) -> float:
@@ -125,6 +130,10 @@ def steps_per_trial(spec: StudySpec) -> float:
     return math.ceil(train / mean_of("batch_size")) * mean_of("epochs")
 
 
+def _count(n: float) -> str:
+    return str(math.ceil(n)) if math.isfinite(n) else "unbounded"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--spec", default=str(REPO / "study/specs/pilot_pairs.yaml"))
@@ -150,7 +159,8 @@ def main() -> None:
     seed_sd, seed_df = seed_spread(frame, target)
     margin = MARGIN_SEED_SD * seed_sd
     claims = [c.finding.id for c in spec.algorithm.claims]
-    findings = [f.model_copy(update={"margin": f.margin if f.margin is not None else margin})
+    # Compared claims without a margin of their own take the project's default (half a seed SD).
+    findings = [f.model_copy(update={"margin": margin}) if f.kind == "compare" and f.margin is None else f
                 for f in load_findings(spec.file.search.findings)]
     by_id = {f.id: f for f in findings}
 
@@ -165,6 +175,7 @@ def main() -> None:
 
     # The pairs analysis, at the pilot's own number of bases (its default asks for 5).
     verdicts = paired_claims(frame, findings, target, min_bases=spec.file.search.bases).set_index("id")
+    verdicts = verdicts.reindex(claims).fillna({"verdict": "no pairs yet"})
     target_spec = StudySpec.load(args.target)
     repeats = target_spec.repeats
     parts = {c: pair_parts(pair_differences(frame, c, target)) for c in claims}
@@ -185,7 +196,7 @@ def main() -> None:
                 else bases_for_difference(row.effect, sd, args.power))
         needs[c] = need
         print(f"{c:6} {row.verdict:13} {row.effect:7.2f} [{row.ci_low:7.2f}, {row.ci_high:7.2f}] "
-              f"{row.p_value:7.3f} {p['seed_part']:9.2f} {p['base_part']:9.2f} {sd:6.2f} {math.ceil(need):14}")
+              f"{row.p_value:7.3f} {p['seed_part']:9.2f} {p['base_part']:9.2f} {sd:6.2f} {_count(need):>14}")
     print(f"pooled: seed part {pooled['seed_part']:.2f}, base part {pooled['base_part']:.2f}, "
           f"a pair's SD at {repeats} seeds {pooled_sd:.2f}")
 
@@ -199,7 +210,7 @@ def main() -> None:
                        else bases_for_difference(effect, pooled_sd, args.power))
     print(f"claims the pilot did not measure ({len(others)}): sized at the pooled SD for an effect of "
           f"{effect:.2f} points (directional) or the margin {margin:.2f} (equality): "
-          + ", ".join(f"{f.id} {math.ceil(needs[f.id])}" for f in others))
+          + ", ".join(f"{f.id} {_count(needs[f.id])}" for f in others))
 
     finite = [n for n in needs.values() if math.isfinite(n)]
     bases = min(args.max_bases, max(5, math.ceil(max(finite))))
@@ -213,11 +224,11 @@ def main() -> None:
           + (f", capped; below {args.power:.0%} power: {', '.join(short)}" if short else "") + f"), "
           f"{sized.num_trials} configurations x {sized.repeats} seeds = {sized.num_samples} runs; "
           f"file has bases {target_spec.file.search.bases} ({target_spec.num_samples} runs)")
-    print(f"expected time: {per_trial_here:.0f} s a trial here at concurrency {spec.concurrency} "
-          f"({steps_per_trial(sized):.0f} steps against the pilot's {steps_per_trial(spec):.0f}), "
-          f"{hours_here:.1f} h on this machine; on one GPU at {STEP_S_GPU} s a step (compute x "
-          f"{STEP_S_GPU / STEP_S_HERE:.3f}; model loading and evaluation not scaled): "
-          f"{hours_here * STEP_S_GPU / STEP_S_HERE:.2f} h compute")
+    gpu_hours = sized.num_samples * (GPU_RUN_S + GPU_STEP_S * steps_per_trial(sized)) / 3600
+    print(f"expected time: {per_trial_here:.0f} s a trial here at concurrency {spec.concurrency} (the pilot's "
+          f"{seconds / max(ended, 1):.0f} s x {steps_per_trial(sized):.0f} / {steps_per_trial(spec):.0f} steps): "
+          f"{hours_here:.1f} h on this machine; one GPU, one run at a time ({GPU_RUN_S:.0f} s a run + "
+          f"{GPU_STEP_S} s a step): {gpu_hours:.1f} h")
     print(f"findings_offline_runs={sized.num_samples}")
 
 
