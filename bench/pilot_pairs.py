@@ -24,7 +24,7 @@ offline tasks, a few compared claims, every configuration with several seeds) an
 Last line: ``findings_offline_runs=<runs findings_offline.yaml makes at that size>``.
 
     python bench/pilot_pairs.py [--run] [--study DIR] [--spec study/specs/pilot_pairs.yaml]
-        [--target study/specs/findings_offline.yaml] [--power 0.8] [--max-bases 40] [--effect POINTS]
+        [--target study/specs/findings_offline.yaml] [--power 0.8] [--max-bases 100] [--effect POINTS]
 """
 
 from __future__ import annotations
@@ -87,24 +87,31 @@ def pair_sd(parts: dict[str, float], repeats: int) -> float:
     return math.sqrt(parts["base_part"] ** 2 + parts["seed_part"] ** 2 / repeats)
 
 
-def bases_for_difference(effect: float, sd: float, power: float, most: int = 10_000) -> float:
-    """Fewest bases (>= 2) at which a two-sided paired t-test over bases detects ``effect`` with
-    ``power`` (exact: noncentral t); inf beyond ``most`` or with no effect measured."""
-    if not np.isfinite(effect) or effect == 0:
-        return math.inf
+def power_at(what: str, size: float, sd: float, bases: int) -> float:
+    """Power of the pairs analysis at ``bases`` bases: the two-sided paired t-test over bases for
+    a difference of ``size`` points (exact, noncentral t); for an equality (``size`` = margin),
+    TOST at alpha each side when a = b (normal approximation)."""
+    if not np.isfinite(size) or bases < 2:
+        return 0.0
     if sd == 0:
-        return 2.0
-    size, test = abs(effect) / sd, TTestPower()
-    for n in range(2, most + 1):
-        if test.power(effect_size=size, nobs=n, alpha=ALPHA, alternative="two-sided") >= power:
-            return float(n)
-    return math.inf
+        return 1.0
+    if what == "equal":
+        z = size * math.sqrt(bases) / sd - stats.norm.ppf(1 - ALPHA)
+        return max(0.0, 2 * stats.norm.cdf(z) - 1)
+    return float(TTestPower().power(effect_size=size / sd, nobs=bases, alpha=ALPHA, alternative="two-sided"))
 
 
-def bases_for_equality(margin: float, sd: float, power: float) -> float:
-    """Bases TOST (alpha each side) needs to show |a - b| < margin when a = b (normal approx.)."""
-    z = stats.norm.ppf(1 - ALPHA) + stats.norm.ppf(1 - (1 - power) / 2)
-    return (z * sd / margin) ** 2
+def bases_needed(what: str, size: float, sd: float, power: float, most: int = 10_000) -> float:
+    """Fewest bases (>= 2) with ``power``; inf beyond ``most`` or with nothing to detect."""
+    if not np.isfinite(size) or size == 0:
+        return math.inf
+    low, high = 2, most
+    if power_at(what, size, sd, high) < power:
+        return math.inf
+    while low < high:   # power grows with the bases
+        mid = (low + high) // 2
+        low, high = (mid + 1, high) if power_at(what, size, sd, mid) < power else (low, mid)
+    return float(low)
 
 
 def wall_time(study_dir: Path) -> tuple[float, int]:
@@ -141,7 +148,7 @@ def main() -> None:
     parser.add_argument("--run", action="store_true", help="run the pilot first (routed-study run)")
     parser.add_argument("--target", default=str(REPO / "study/specs/findings_offline.yaml"))
     parser.add_argument("--power", type=float, default=0.8)
-    parser.add_argument("--max-bases", type=int, default=40)
+    parser.add_argument("--max-bases", type=int, default=100)
     parser.add_argument("--effect", type=float, help="points an unmeasured claim is sized to detect")
     args = parser.parse_args()
 
@@ -187,41 +194,40 @@ def main() -> None:
     print(f"\nper claim (effect = a - b, points; interval 95 %; sd = a pair's SD at {repeats} seeds a base):")
     print(f"{'claim':6} {'verdict':13} {'effect':>7} {'interval':>17} {'p':>7} {'seed part':>9} "
           f"{'base part':>9} {'sd':>6} {'bases for ' + format(args.power, '.0%'):>14}")
-    needs = {}
+    # claim -> (what it is sized to show: an effect or, for an equality, the margin; a pair's SD)
+    sizing: dict[str, tuple[str, float, float]] = {}
     for c in claims:
-        row, p = verdicts.loc[c], parts[c]
+        row, p, f = verdicts.loc[c], parts[c], by_id[c]
         sd = max(pair_sd(p, repeats), pooled_sd)
-        f = by_id[c]
-        need = (bases_for_equality(f.margin, sd, args.power) if f.expect == "equal"
-                else bases_for_difference(row.effect, sd, args.power))
-        needs[c] = need
+        sizing[c] = ("equal", f.margin, sd) if f.expect == "equal" else ("differ", abs(row.effect), sd)
         print(f"{c:6} {row.verdict:13} {row.effect:7.2f} [{row.ci_low:7.2f}, {row.ci_high:7.2f}] "
-              f"{row.p_value:7.3f} {p['seed_part']:9.2f} {p['base_part']:9.2f} {sd:6.2f} {_count(need):>14}")
+              f"{row.p_value:7.3f} {p['seed_part']:9.2f} {p['base_part']:9.2f} {sd:6.2f} "
+              f"{_count(bases_needed(*sizing[c], args.power)):>14}")
     print(f"pooled: seed part {pooled['seed_part']:.2f}, base part {pooled['base_part']:.2f}, "
           f"a pair's SD at {repeats} seeds {pooled_sd:.2f}")
 
-    decided = [abs(verdicts.loc[c].effect) for c in claims if verdicts.loc[c].verdict != "inconclusive"]
-    effect = args.effect or (min(decided) if decided else float(np.median([abs(verdicts.loc[c].effect)
-                                                                            for c in claims])))
+    decided = [abs(verdicts.loc[c].effect) for c in claims if verdicts.loc[c].verdict != "inconclusive"
+               and np.isfinite(verdicts.loc[c].effect)]
+    effect = args.effect or (min(decided) if decided else float(np.nanmedian(verdicts.effect.abs())))
     others = [c.finding for c in target_spec.algorithm.claims if c.finding.id not in parts]
     for f in others:
-        f_margin = f.margin if f.margin is not None else margin
-        needs[f.id] = (bases_for_equality(f_margin, pooled_sd, args.power) if f.expect == "equal"
-                       else bases_for_difference(effect, pooled_sd, args.power))
+        sizing[f.id] = (("equal", f.margin if f.margin is not None else margin, pooled_sd) if f.expect == "equal"
+                        else ("differ", effect, pooled_sd))
+    needs = {c: bases_needed(*sized, args.power) for c, sized in sizing.items()}
     print(f"claims the pilot did not measure ({len(others)}): sized at the pooled SD for an effect of "
           f"{effect:.2f} points (directional) or the margin {margin:.2f} (equality): "
           + ", ".join(f"{f.id} {_count(needs[f.id])}" for f in others))
 
     finite = [n for n in needs.values() if math.isfinite(n)]
-    bases = min(args.max_bases, max(5, math.ceil(max(finite))))
-    short = [c for c, n in needs.items() if n > bases]
+    bases = min(args.max_bases, max(5, math.ceil(max(finite, default=5))))
+    short = [f"{c} ({power_at(*sizing[c], bases):.0%})" for c, n in needs.items() if n > bases]
     raw = yaml.safe_load(Path(args.target).read_text())
     raw["search"]["bases"] = bases
     sized = StudySpec.from_dict(raw, file=args.target)
     per_trial_here = seconds / max(ended, 1) * steps_per_trial(sized) / steps_per_trial(spec)
     hours_here = sized.num_samples * per_trial_here / 3600
     print(f"\nfindings_offline: {len(needs)} claims, search.bases {bases} (largest need"
-          + (f", capped; below {args.power:.0%} power: {', '.join(short)}" if short else "") + f"), "
+          + (f", capped at --max-bases; power there: {', '.join(short)}" if short else "") + f"), "
           f"{sized.num_trials} configurations x {sized.repeats} seeds = {sized.num_samples} runs; "
           f"file has bases {target_spec.file.search.bases} ({target_spec.num_samples} runs)")
     gpu_hours = sized.num_samples * (GPU_RUN_S + GPU_STEP_S * steps_per_trial(sized)) / 3600
