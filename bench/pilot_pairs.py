@@ -13,18 +13,23 @@ offline tasks, a few compared claims, every configuration with several seeds) an
 - the power computation that sizes ``study/specs/findings_offline.yaml``: per claim, the bases
   the pairs analysis needs for ``--power`` at alpha 0.05, each base run with that spec's
   ``trials.repeats`` seeds. Directional claims: the paired t-test over bases (its exact power
-  from the noncentral t, statsmodels' ``TTestPower``) at the measured effect and a pair's SD
-  sd^2 = base part^2 + seed part^2 / repeats. Equality claims: TOST within the margin
-  (normal approximation at a true difference of 0). The SD is the larger of the claim's own
-  and the pooled one (a pilot's few bases can make one claim's SD look small by chance).
-  A claim the pilot did not measure is sized at the pooled SD for the effect ``--effect``
-  (default: the smallest effect the pilot decided); the study's ``search.bases`` is the
-  largest need, at most ``--max-bases``.
+  from the noncentral t, statsmodels' ``TTestPower``) with a pair's SD
+  sd^2 = base part^2 + seed part^2 / repeats, at the measured effect (printed) and, for the
+  size, at the larger of the measured effect and ``--min-effect`` (default: one seed SD; a
+  pilot's effect near 0 would ask for unbounded bases). Equality claims: TOST within the
+  margin (normal approximation at a true difference of 0). The SD is the larger of the
+  claim's own and the pooled one (a pilot's few bases can make one claim's SD look small by
+  chance). A claim the pilot did not measure is sized at the pooled SD for ``--min-effect``.
+  The study's ``search.bases`` is the largest need, at most ``--max-bases``; the power each
+  claim then has is printed where it falls short.
+
+Run counts of a pairs design depend on Python's hash seed until study/designs.py orders tied
+claim conditions deterministically: run with ``PYTHONHASHSEED=0`` (as the header states).
 
 Last line: ``findings_offline_runs=<runs findings_offline.yaml makes at that size>``.
 
     python bench/pilot_pairs.py [--run] [--study DIR] [--spec study/specs/pilot_pairs.yaml]
-        [--target study/specs/findings_offline.yaml] [--power 0.8] [--max-bases 100] [--effect POINTS]
+        [--target study/specs/findings_offline.yaml] [--power 0.8] [--max-bases 100] [--min-effect POINTS]
 """
 
 from __future__ import annotations
@@ -149,7 +154,8 @@ def main() -> None:
     parser.add_argument("--target", default=str(REPO / "study/specs/findings_offline.yaml"))
     parser.add_argument("--power", type=float, default=0.8)
     parser.add_argument("--max-bases", type=int, default=100)
-    parser.add_argument("--effect", type=float, help="points an unmeasured claim is sized to detect")
+    parser.add_argument("--min-effect", type=float, help="smallest difference (points) a directional claim "
+                        "is sized to detect (default: the measured seed SD)")
     args = parser.parse_args()
 
     spec = StudySpec.load(args.spec)
@@ -165,6 +171,7 @@ def main() -> None:
     seconds, ended = wall_time(study_dir)
     seed_sd, seed_df = seed_spread(frame, target)
     margin = MARGIN_SEED_SD * seed_sd
+    min_effect = args.min_effect or seed_sd
     claims = [c.finding.id for c in spec.algorithm.claims]
     # Compared claims without a margin of their own take the project's default (half a seed SD).
     findings = [f.model_copy(update={"margin": margin}) if f.kind == "compare" and f.margin is None else f
@@ -193,29 +200,29 @@ def main() -> None:
     pooled_sd = pair_sd(pooled, repeats)
     print(f"\nper claim (effect = a - b, points; interval 95 %; sd = a pair's SD at {repeats} seeds a base):")
     print(f"{'claim':6} {'verdict':13} {'effect':>7} {'interval':>17} {'p':>7} {'seed part':>9} "
-          f"{'base part':>9} {'sd':>6} {'bases for ' + format(args.power, '.0%'):>14}")
+          f"{'base part':>9} {'sd':>6} {'bases for ' + format(args.power, '.0%'):>14} {'sized at':>9}")
+    print(f"(bases for {args.power:.0%}: at the measured effect, or for an equality at the margin; sized at: "
+          f"at the larger of the measured effect and --min-effect {min_effect:.2f})")
     # claim -> (what it is sized to show: an effect or, for an equality, the margin; a pair's SD)
     sizing: dict[str, tuple[str, float, float]] = {}
     for c in claims:
         row, p, f = verdicts.loc[c], parts[c], by_id[c]
         sd = max(pair_sd(p, repeats), pooled_sd)
-        sizing[c] = ("equal", f.margin, sd) if f.expect == "equal" else ("differ", abs(row.effect), sd)
+        at_measured = ("equal", f.margin, sd) if f.expect == "equal" else ("differ", abs(row.effect), sd)
+        sizing[c] = at_measured if f.expect == "equal" else ("differ", max(abs(row.effect), min_effect), sd)
         print(f"{c:6} {row.verdict:13} {row.effect:7.2f} [{row.ci_low:7.2f}, {row.ci_high:7.2f}] "
               f"{row.p_value:7.3f} {p['seed_part']:9.2f} {p['base_part']:9.2f} {sd:6.2f} "
-              f"{_count(bases_needed(*sizing[c], args.power)):>14}")
+              f"{_count(bases_needed(*at_measured, args.power)):>14} {_count(bases_needed(*sizing[c], args.power)):>9}")
     print(f"pooled: seed part {pooled['seed_part']:.2f}, base part {pooled['base_part']:.2f}, "
           f"a pair's SD at {repeats} seeds {pooled_sd:.2f}")
 
-    decided = [abs(verdicts.loc[c].effect) for c in claims if verdicts.loc[c].verdict != "inconclusive"
-               and np.isfinite(verdicts.loc[c].effect)]
-    effect = args.effect or (min(decided) if decided else float(np.nanmedian(verdicts.effect.abs())))
     others = [c.finding for c in target_spec.algorithm.claims if c.finding.id not in parts]
     for f in others:
         sizing[f.id] = (("equal", f.margin if f.margin is not None else margin, pooled_sd) if f.expect == "equal"
-                        else ("differ", effect, pooled_sd))
+                        else ("differ", min_effect, pooled_sd))
     needs = {c: bases_needed(*sized, args.power) for c, sized in sizing.items()}
     print(f"claims the pilot did not measure ({len(others)}): sized at the pooled SD for an effect of "
-          f"{effect:.2f} points (directional) or the margin {margin:.2f} (equality): "
+          f"{min_effect:.2f} points (directional) or the margin {margin:.2f} (equality): "
           + ", ".join(f"{f.id} {_count(needs[f.id])}" for f in others))
 
     finite = [n for n in needs.values() if math.isfinite(n)]
