@@ -23,9 +23,6 @@ offline tasks, a few compared claims, every configuration with several seeds) an
   The study's ``search.bases`` is the largest need, at most ``--max-bases``; the power each
   claim then has is printed where it falls short.
 
-Run counts of a pairs design depend on Python's hash seed until study/designs.py orders tied
-claim conditions deterministically: run with ``PYTHONHASHSEED=0`` (as the header states).
-
 Last line: ``findings_offline_runs=<runs findings_offline.yaml makes at that size>``.
 
     python bench/pilot_pairs.py [--run] [--study DIR] [--spec study/specs/pilot_pairs.yaml]

@@ -459,7 +459,7 @@ class Pairs(Designed):
         points: list[DesignPoint] = []
         base = 0
         # Broad conditions first: their bases also serve the narrower claims they happen to meet.
-        conditions = sorted({c.key for c in self.claims}, key=len)
+        conditions = sorted({c.key for c in self.claims}, key=lambda k: (len(k), sorted(k)))
         for condition in conditions:
             own = [c for c in self.claims if c.key == condition]
             served_by = [c for c in self.claims if condition <= c.key]

@@ -44,8 +44,6 @@ def test_header_states_the_run_count_the_spec_runs(offline):
     header = [line for line in OFFLINE.read_text().splitlines() if line.startswith("#")]
     sizes = [m for line in header for m in re.findall(r"= (\d+) runs", line)]
     assert sizes, "the header states the size as '... = <n> runs'"
-    # PYTHONHASHSEED=0, as the header says: the design's order of tied claim conditions follows
-    # set iteration in study/designs.py (see the test below).
     assert {int(n) for n in sizes} == {runs_under_hash_seed(0)}
     bases = [int(m) for line in header for m in re.findall(r"search\.bases (\d+)", line)]
     assert bases == [offline.file.search.bases] * len(bases) and bases
@@ -67,7 +65,5 @@ def test_pilot_measures_seed_spread_on_real_tasks():
                                                               StudySpec.load(OFFLINE).algorithm.claims}
 
 
-@pytest.mark.xfail(strict=True, reason="study/designs.py Pairs._build sorts claim conditions by length only; "
-                                       "ties keep set order, which follows the hash seed")
 def test_design_size_does_not_depend_on_the_hash_seed():
     assert len({runs_under_hash_seed(seed) for seed in (0, 1, 2)}) == 1
