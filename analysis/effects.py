@@ -640,7 +640,8 @@ class SeedNoise(FindingKind):
         spread = seed_spread(evidence)
         if spread is None:
             return {"verdict": "inconclusive", "reason": "no configuration was repeated with several seeds"}
-        share, low, high = 1 - spread.icc, 1 - spread.icc_high, 1 - spread.icc_low
+        # A share of variance lies in [0, 1]; the ANOVA estimator of the ICC can fall below 0.
+        share, low, high = (float(np.clip(1 - v, 0, 1)) for v in (spread.icc, spread.icc_high, spread.icc_low))
         p_above, p_below = spread.p_share_above(entry.min_share), spread.p_share_below(entry.min_share)
         verdict, p = ("supported", p_above) if p_above <= p_below else ("contradicted", p_below)
         return {"verdict": verdict, "p_value": p, "effect": share, "ci_low": low, "ci_high": high,
