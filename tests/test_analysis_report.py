@@ -206,6 +206,13 @@ import pandas as pd
 
 from routed_study.analysis.findings import Entry, FindingKind, register_kind
 from routed_study.analysis.importance import FactorImportance, register_method
+from routed_study.trainables.routed_prompt.methods import register_route_method
+
+
+@register_route_method("flat_analysis", tempered=False)
+def flat(logits, tau):
+    # Every candidate at weight one half: the temperature means nothing here.
+    return logits * 0 + 0.5
 
 
 @register_method("spread_of_means")
@@ -246,9 +253,10 @@ class BestAbove(FindingKind):
 
 @pytest.fixture
 def analysis_plugin(tmp_path, monkeypatch):
-    """A researcher's module outside the package: one importance method and one finding kind."""
+    """A researcher's module outside the package: a route method, an importance method and a finding kind."""
     from routed_study.analysis.findings import KINDS
     from routed_study.analysis.importance import METHODS as REGISTERED
+    from routed_study.trainables.routed_prompt.methods import ROUTE_METHODS
 
     folder = tmp_path / "plugins"
     folder.mkdir()
@@ -257,6 +265,7 @@ def analysis_plugin(tmp_path, monkeypatch):
     yield "my_analysis_plugin"
     REGISTERED.pop("spread_of_means", None)
     KINDS.pop("best_above", None)
+    ROUTE_METHODS._entries.pop("flat_analysis", None)   # registries are process-wide
     import sys
     sys.modules.pop("my_analysis_plugin", None)
 
@@ -283,12 +292,20 @@ def check_plugin_outputs(out: Path) -> None:
 def test_plugin_importance_method_and_finding_kind_through_analyze(tmp_path, analysis_plugin):
     from routed_study.study.cli import main
 
-    planted(120, seed=3).to_csv(tmp_path / "t.csv", index=False)
+    table = planted(120, seed=3)
+    table["route_method"] = np.where(np.arange(len(table)) % 2, "flat_analysis", "sigmoid")
+    table.to_csv(tmp_path / "t.csv", index=False)
     code = main(["analyze", str(tmp_path / "t.csv"), "--out", str(tmp_path / "out"), "--plugins", analysis_plugin,
                  "--findings", str(plugin_findings(tmp_path)), "--methods", "forest,spread_of_means"])
     assert code == 0
     check_plugin_outputs(tmp_path / "out")
     assert set(pd.read_csv(tmp_path / "out" / "importance.csv")["method"]) == {"forest", "spread_of_means"}
+    # The plugin's route method is analysed with its own declaration: untempered, so the
+    # temperature is not applicable in its trials (and only there).
+    from routed_study.analysis.encoding import NA, mark_not_applicable
+
+    marks = mark_not_applicable(table, ["route_method", "temperature", "compose_method"])["temperature"]
+    assert ((marks == NA) == (table["route_method"] == "flat_analysis")).all()
 
 
 def test_plugins_named_in_a_study_spec_reach_analyze(tmp_path, analysis_plugin):
