@@ -70,7 +70,13 @@ TRUE_FINAL = "val/final_if_completed"
 
 
 def planted_effect(c: dict) -> float:
-    """The planted part of a configuration's final score (see PLANTED)."""
+    """The planted part of a configuration's final score (see PLANTED). A knob changes the score
+    only where the knob table says it applies (a world the model could produce: with
+    ``target_share=1`` no routing knob matters, ``apply_softmax_to`` only when fewer candidates are
+    selected than exist)."""
+    from routed_study.trainables.routed_prompt.config import inert_knobs
+
+    applies = {k: k not in inert for inert in [inert_knobs(c)] for k in c}
     lr, temp = math.log10(c["learning_rate"]), math.log10(c["temperature"])
     cat, add = c["compose_method"] == "cat", bool(c["add_target"])
     return (-4.0 * (lr + 3)
@@ -78,10 +84,10 @@ def planted_effect(c: dict) -> float:
             + 1.5 * math.log2(c["num_prompt_tokens"] / 5)
             + 4.0 * (c["prompt_encoder"] == "mlp")
             + 4.0 * bool(c["init_from_words"])
-            + 6.0 * (c["apply_softmax_to"] == "after" and cat)
-            + 6.0 * (c["anneal_dir"] == -1 and cat and not add)
-            + 4.0 * (c["num_selected"] == -1)
-            - 6.0 * temp * (c["route_method"] == "rb")
+            + 6.0 * (c["apply_softmax_to"] == "after" and cat and applies["apply_softmax_to"])
+            + 6.0 * (c["anneal_dir"] == -1 and cat and not add and applies["anneal_dir"])
+            + 4.0 * (c["num_selected"] == -1 and applies["num_selected"])
+            - 6.0 * temp * (c["route_method"] == "rb" and applies["temperature"])
             + 5.0 * add
             + 5.0 * (add and c["target_share"] < 1))
 
