@@ -14,7 +14,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export MLFLOW_SERVER_ENABLE_JOB_EXECUTION := false
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo test browser
+.PHONY: setup demo test calibrate browser
 
 setup: $(STAMP)
 
@@ -39,4 +39,10 @@ browser:
 	  else sudo apt-get update -qq && sudo apt-get install -y -qq --no-install-recommends chromium >/dev/null; fi; }
 
 test: setup browser
-	$(VENV)/bin/pytest -q -p no:cacheprovider
+	$(VENV)/bin/pytest -q -p no:cacheprovider -m "not calibration"
+
+# The full calibration of the verdicts (false-verdict rates and power per scenario, many simulated
+# studies each); `make test` runs the quick calibration tests only.
+calibrate: setup
+	$(VENV)/bin/pytest -q -p no:cacheprovider -m calibration
+	$(PY) bench/verdict_calibration.py 5

@@ -80,7 +80,7 @@ def test_early_stopped_trials_keep_their_history_and_speed_is_not_taken_for_qual
     assert "projected to the final budget" in f2["treatment"]
 
 
-@pytest.mark.slow
+@pytest.mark.calibration
 @pytest.mark.parametrize("name", list(SCENARIOS))
 def test_null_calibration_per_scenario(tmp_path, name):
     _check_null(calibrate([name], range(5), False, tmp_path))
@@ -93,7 +93,7 @@ def test_null_calibration_per_scenario(tmp_path, name):
 ASHA_SHORTFALL = pytest.mark.xfail(strict=True, reason="power with ASHA below 80 % (see ASHA_SHORTFALL)")
 
 
-@pytest.mark.slow
+@pytest.mark.calibration
 @pytest.mark.parametrize("name", [pytest.param(n, marks=ASHA_SHORTFALL if SCENARIOS[n].get("asha")
                                                   else CONDITION_SHORTFALL) for n in SCENARIOS])
 def test_power_per_scenario(tmp_path, name):

@@ -89,7 +89,7 @@ def scenario(name: str, offset: int, effects: dict, factors=F1) -> dict[str, flo
     return out
 
 
-@pytest.mark.slow
+@pytest.mark.calibration
 @pytest.mark.timeout(3600)
 def test_true_ranking_supported_false_contradicted_noise_inconclusive():
     true = scenario("true", 0, TRUE_EFFECTS)
