@@ -83,7 +83,7 @@ def side_mask(raw: pd.Series, side: Any, pool: pd.Series | None = None) -> pd.Se
     return labels(raw).isin([value_label(v) for v in options])
 
 
-def _independent(columns: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+def independent_columns(columns: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Columns in order, each dropped when it is (numerically) a combination of the kept ones
     and the intercept (so the claim's columns, which come first, are kept where they can be)."""
     kept: dict[str, np.ndarray] = {}
@@ -316,7 +316,7 @@ class StudyEffects:
             # The rung score, its slope per numeric knob (learning speed), then the knobs: as many
             # columns as a third of the training trials allow.
             cols = {"rung": at, **{f"rung*{k}": at * v for k, v in speed.items()}, **base}
-            names = list(_independent({k: v[train] for k, v in cols.items()}))[: max(1, int(train.sum()) // 3)]
+            names = list(independent_columns({k: v[train] for k, v in cols.items()}))[: max(1, int(train.sum()) // 3)]
             X = sm.add_constant(np.column_stack([cols[k] for k in names]), has_constant="add")
             fit = sm.OLS(self.y[train], X[train]).fit(cov_type="cluster", cov_kwds={"groups": self.config[train]})
             betas = self.rng.multivariate_normal(fit.params, fit.cov_params(), size=IMPUTATIONS, method="eigh")
@@ -331,7 +331,7 @@ class StudyEffects:
         return draws, how
 
 
-def _study(evidence: Evidence) -> StudyEffects:
+def study_effects(evidence: Evidence) -> StudyEffects:
     found = evidence.extras.get("effects")
     if found is None or found.evidence is not evidence:
         found = evidence.extras["effects"] = StudyEffects(evidence)
@@ -340,7 +340,7 @@ def _study(evidence: Evidence) -> StudyEffects:
 
 def seed_spread(evidence: Evidence) -> SeedSpread | None:
     """The study's seed-to-seed spread (ANOVA by configuration), computed once per report."""
-    return _study(evidence).seed_spread
+    return study_effects(evidence).seed_spread
 
 
 class ClaimModel:
@@ -353,7 +353,7 @@ class ClaimModel:
         have = have.copy()
         self.ok = False
         for _ in range(3):
-            names = list(_independent({k: v[have] for k, v in design.items()}))
+            names = list(independent_columns({k: v[have] for k, v in design.items()}))
             if not names or not have.any():
                 return   # nothing left to estimate the contrast from: the claim is inconclusive
             X = sm.add_constant(np.column_stack([design[k][have] for k in names]), has_constant="add")
@@ -383,11 +383,11 @@ class ClaimModel:
         return float(self.L @ fit.params), float(self.L @ fit.cov_params() @ self.L), float(fit.df_resid)
 
 
-def _configs_with(response: np.ndarray, config: np.ndarray, n: int) -> np.ndarray:
+def configs_with(response: np.ndarray, config: np.ndarray, n: int) -> np.ndarray:
     return np.bincount(config[np.isfinite(response)], minlength=n) > 0
 
 
-def _needed(effect: float, se: float, n: int, seeds: int, margin: float, alpha: float,
+def more_needed(effect: float, se: float, n: int, seeds: int, margin: float, alpha: float,
             equal: bool) -> tuple[int, int] | None:
     """More configurations (and trials) that would decide the claim at POWER, at the observed
     effect and spread (se shrinks as 1/sqrt(configurations))."""
@@ -476,7 +476,7 @@ def _one_sided(na: pd.Series, side_a: np.ndarray, side_b: np.ndarray) -> bool:
 
 def judge_compare(entry, evidence: Evidence) -> dict:
     """Verdict of a compare entry (analysis.findings.CompareEntry): keys among VERDICT_COLUMNS."""
-    study = _study(evidence)
+    study = study_effects(evidence)
     for knob in [entry.knob, *entry.within]:
         if knob not in evidence.knobs:
             return {"verdict": "inconclusive", "reason": f"knob '{knob}' was never varied in this study"}
@@ -515,7 +515,7 @@ def judge_compare(entry, evidence: Evidence) -> dict:
     models: dict[bytes, ClaimModel] = {}   # one per set of configurations with a response
 
     def estimate(response: np.ndarray) -> tuple[float, float, float] | None:
-        have = _configs_with(response, study.config, study.n_configs)
+        have = configs_with(response, study.config, study.n_configs)
         model = models.get(have.tobytes())
         if model is None:
             model = models[have.tobytes()] = ClaimModel(design, contrast, have)
@@ -611,7 +611,7 @@ def judge_compare(entry, evidence: Evidence) -> dict:
         out["verdict"] = "inconclusive"
         reason.insert(0, f"side {'a' if entry.expect == 'greater' else 'b'} fails more often")
     if (out["verdict"] == "inconclusive" or decision.p >= evidence.alpha) and not speed_differs:
-        needed = _needed(effect, se, n_a + n_b, out["n_seeds"], margin, evidence.alpha, entry.expect == "equal")
+        needed = more_needed(effect, se, n_a + n_b, out["n_seeds"], margin, evidence.alpha, entry.expect == "equal")
         if needed is not None:
             out["configs_needed"], out["trials_needed"] = needed
             reason.append(f"about {needed[0]} more configurations x {max(out['n_seeds'], 1)} seeds would decide it "

@@ -23,6 +23,7 @@ difference"), so every p-value joins the report's false-discovery correction.
 
 from __future__ import annotations
 
+import abc
 import math
 from typing import Literal
 
@@ -31,8 +32,8 @@ import pandas as pd
 import pydantic
 from scipy import stats
 
-from routed_study.analysis.effects import (MARGIN_SEED_SD, MIN_CONFIGS, POWER, ClaimModel, _configs_with,
-                                           _independent, _needed, _study, decide, rubin, side_mask)
+from routed_study.analysis.effects import (MARGIN_SEED_SD, MIN_CONFIGS, POWER, ClaimModel, configs_with,
+                                           independent_columns, more_needed, study_effects, decide, rubin, side_mask)
 from routed_study.analysis.encoding import NA, value_label
 from routed_study.analysis.findings import Entry, Evidence, FindingKind, Side, check_side, register_kind
 from routed_study.trainables.results import train_examples_metric
@@ -41,11 +42,24 @@ from routed_study.trainables.results import train_examples_metric
 ADJUSTED = "adjusted for the other knobs' main effects (OLS on configuration means, HC2)"
 
 
-def _never_varied(evidence: Evidence, *knobs: str) -> dict | None:
-    for knob in knobs:
-        if knob not in evidence.knobs:
-            return {"verdict": "inconclusive", "reason": f"knob '{knob}' was never varied in this study"}
-    return None
+class _StudyKind(FindingKind):
+    """A claim about the knobs ``claim_knobs(entry)``: inconclusive where one never varied, else
+    judged on the study's configurations (``judge``)."""
+
+    family = "claims"
+
+    def claim_knobs(self, entry) -> tuple[str, ...]:
+        return (entry.knob,)
+
+    def evaluate(self, entry, evidence: Evidence) -> dict:
+        for knob in self.claim_knobs(entry):
+            if knob not in evidence.knobs:
+                return {"verdict": "inconclusive", "reason": f"knob '{knob}' was never varied in this study"}
+        return self.judge(entry, evidence, study_effects(evidence))
+
+    @abc.abstractmethod
+    def judge(self, entry, evidence: Evidence, study) -> dict:
+        """The verdict's keys (VERDICT_COLUMNS) from the study's configuration-level view."""
 
 
 def _responses(study, rows: np.ndarray) -> tuple[list[np.ndarray], str, str]:
@@ -76,7 +90,7 @@ def _result(decision, effect: float, se: float, df: float, alpha: float, **extra
     out = {"verdict": decision.verdict, "p_value": decision.p, "decided_by": decision.decided_by,
            "effect": effect, "ci_low": effect - t * se, "ci_high": effect + t * se, **extra}
     if decision.p >= alpha:
-        needed = _needed(effect, se, out["n_configs"], out["n_seeds"], out["margin"], alpha, equal=False)
+        needed = more_needed(effect, se, out["n_configs"], out["n_seeds"], out["margin"], alpha, equal=False)
         if needed is not None:
             out["configs_needed"], out["trials_needed"] = needed
             out["reason"] += (f"; about {needed[0]} more configurations x {max(out['n_seeds'], 1)} seeds would "
@@ -131,18 +145,16 @@ class LabelOverlapEntry(InteractionEntry):
 
 
 @register_kind
-class Interaction(FindingKind):
+class Interaction(_StudyKind):
     """The effect of one knob differs between two groups of another (a difference of differences)."""
 
     name = "interaction"
     Entry = InteractionEntry
-    family = "claims"
 
-    def evaluate(self, entry, evidence: Evidence) -> dict:
-        missing = _never_varied(evidence, entry.knob, entry.by, *entry.within)
-        if missing:
-            return missing
-        study = _study(evidence)
+    def claim_knobs(self, entry) -> tuple[str, ...]:
+        return (entry.knob, entry.by, *entry.within)
+
+    def judge(self, entry, evidence: Evidence, study) -> dict:
         raw = study.config_raw
         inside = np.ones(study.n_configs, bool)
         for knob, side in entry.within.items():
@@ -168,7 +180,7 @@ class Interaction(FindingKind):
         design.update(study.base_columns({entry.knob, entry.by}))
         responses, view, how = _responses(study, compared[study.config])
         model = ClaimModel(design, {"a|by_a": 1.0, "a|by_b": -1.0},
-                           _configs_with(responses[0], study.config, study.n_configs))
+                           configs_with(responses[0], study.config, study.n_configs))
         if not model.ok:
             return {"verdict": "inconclusive", "n_configs": n_configs,
                     "reason": "too few configurations for the adjusted model (knobs that vary outnumber them)"}
@@ -232,20 +244,15 @@ def task_rows(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 @register_kind
-class SizeGain(FindingKind):
+class SizeGain(_StudyKind):
     """F15: the per-task gain of routing shrinks with the task's number of training examples."""
 
     name = "size_gain"
     Entry = SizeGainEntry
-    family = "claims"
 
-    def evaluate(self, entry, evidence: Evidence) -> dict:
+    def judge(self, entry, evidence: Evidence, study) -> dict:
         import statsmodels.api as sm
 
-        missing = _never_varied(evidence, entry.knob)
-        if missing:
-            return missing
-        study = _study(evidence)
         raw = study.config_raw
         on_a = side_mask(raw[entry.knob], entry.a).to_numpy()
         on_b = side_mask(raw[entry.knob], entry.b).to_numpy() & ~on_a
@@ -273,7 +280,7 @@ class SizeGain(FindingKind):
                    **{f"task={t}": tasks[t].to_numpy() for t in tasks},
                    **{f"task={t}*log2(examples)": tasks[t].to_numpy() * centred for t in tasks}}
         columns.update({k: v[config] for k, v in study.base_columns({entry.knob}).items()})
-        names = list(_independent(columns))
+        names = list(independent_columns(columns))
         if "a*log2(examples)" not in names or len(np.unique(config)) - len(names) - 1 < 3:
             return {"verdict": "inconclusive", "n_a": n_a, "n_b": n_b,
                     "reason": "the task sizes do not separate the gain's dependence on size from the tasks "
@@ -314,18 +321,13 @@ class SharingOrderEntry(Entry):
 
 
 @register_kind
-class SharingOrder(FindingKind):
+class SharingOrder(_StudyKind):
     """F14: one shared prompt beats partial sharing, which beats none (adjacent pairs, adjusted)."""
 
     name = "sharing_order"
     Entry = SharingOrderEntry
-    family = "claims"
 
-    def evaluate(self, entry, evidence: Evidence) -> dict:
-        missing = _never_varied(evidence, entry.knob)
-        if missing:
-            return missing
-        study = _study(evidence)
+    def judge(self, entry, evidence: Evidence, study) -> dict:
         text = study.config_raw[entry.knob].map(value_label)
         levels = {level: (text == level).to_numpy() for level in entry.order}
         counts = {level: int(m.sum()) for level, m in levels.items()}
@@ -343,7 +345,7 @@ class SharingOrder(FindingKind):
             contrast = {f"{entry.knob}={better}": 1.0}
             if worse != reference:
                 contrast[f"{entry.knob}={worse}"] = -1.0
-            model = ClaimModel(design, contrast, _configs_with(responses[0], study.config, study.n_configs))
+            model = ClaimModel(design, contrast, configs_with(responses[0], study.config, study.n_configs))
             if not model.ok:
                 return {"verdict": "inconclusive", "n_configs": int(compared.sum()),
                         "reason": "too few configurations for the adjusted model (knobs that vary outnumber them)"}

@@ -26,6 +26,7 @@ from optuna.distributions import (BaseDistribution, CategoricalDistribution, Flo
 from pydantic import Field, model_validator
 
 from routed_study.trainables.errors import InputError, did_you_mean, format_choices
+from routed_study.trainables.registry import Registry
 from routed_study.trainables.routed_prompt import methods
 from routed_study.trainables.routed_prompt.config import (KNOBS, RoutedPromptConfig, check_presets, complete,
                                                           inert_knobs)
@@ -264,7 +265,7 @@ class SearchSpace(ABC):
             ks = [k for k in possible("num_selected") if k in when.get("num_selected", (k,))]
             few = min(trial_tasks) + sum(int(min(possible(x))) for x in ("private_prompts", "attend_target",
                                                                             "attend_input"))
-            if max(ks) > few:
+            if ks and max(ks) > few:   # ks empty: no fixed num_selected lets sources be tasks
                 raise InputError(f"key '{where}': knob 'num_selected' can be {max(ks)} but "
                                  f"with sources: tasks some trials have only {few} router candidates "
                                  f"({min(trial_tasks)} tasks); fix sources: anonymous or lower num_selected")
@@ -484,23 +485,17 @@ def _distinct_grid_sampler():
     return DistinctGridSampler
 
 
-_REGISTRY: dict[str, type[SearchSpace]] = {}
+SPACES = Registry("search space", listing="allowed values")
 
 
 def register(cls: type[SearchSpace]) -> type[SearchSpace]:
     """Class decorator: make a space available by its ``name``."""
-    if cls.name in _REGISTRY:
-        raise ValueError(f"search space {cls.name!r} is registered twice")
-    _REGISTRY[cls.name] = cls
-    return cls
+    return SPACES.register(cls.name, cls)
 
 
 def space_names() -> list[str]:
-    return list(_REGISTRY)
+    return list(SPACES)
 
 
 def get_space(name: str, where: str = "space") -> SearchSpace:
-    if name not in _REGISTRY:
-        raise InputError(f"{where}: unknown search space {name!r}{did_you_mean(name, _REGISTRY)}; "
-                         f"allowed values: {format_choices(_REGISTRY)}")
-    return _REGISTRY[name]()
+    return SPACES.get(name, where)()

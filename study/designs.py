@@ -36,6 +36,7 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution, Floa
 
 from routed_study.search_spaces.base import Param, SearchSpace
 from routed_study.trainables.errors import InputError, format_choices
+from routed_study.trainables.registry import Registry
 from routed_study.trainables.results import (DESIGN_BASE_KEY, DESIGN_DELTA_KEY, DESIGN_FLIP_KEY, DESIGN_KEY,
                                              DESIGN_POINT_KEY, DESIGN_SIDE_KEY)
 from routed_study.trainables.routed_prompt.config import KNOBS
@@ -84,23 +85,20 @@ class SearchAlgorithm(ABC):
         return []
 
 
-_ALGORITHMS: dict[str, type[SearchAlgorithm]] = {}
+ALGORITHMS = Registry("search algorithm", listing="allowed values")
 
 
 def register(cls: type[SearchAlgorithm]) -> type[SearchAlgorithm]:
     """Class decorator: make an algorithm available as a ``search.algorithm`` value."""
-    if cls.name in _ALGORITHMS:
-        raise ValueError(f"search algorithm {cls.name!r} is registered twice")
-    _ALGORITHMS[cls.name] = cls
-    return cls
+    return ALGORITHMS.register(cls.name, cls)
 
 
 def algorithm_names() -> tuple[str, ...]:
-    return tuple(_ALGORITHMS)
+    return ALGORITHMS.names()
 
 
 def get_algorithm(name: str) -> type[SearchAlgorithm]:
-    return _ALGORITHMS[name]
+    return ALGORITHMS.get(name, "key 'search.algorithm'")
 
 
 # ------------------------------------------------------------------ sampled

@@ -9,29 +9,18 @@ import pytest
 import torch
 
 from tiny_backbones import one_thread  # noqa: F401  (autouse fixture)
-from tiny_backbones import save_tiny_bert, save_tiny_t5, write_tiny_glue
+from tiny_backbones import bert_dir, data_dir  # noqa: F401  (fixtures)
+from tiny_backbones import TINY_TASKS, save_tiny_t5
+from tiny_backbones import make_setup as tiny_setup
 from routed_study.trainables.backbones import EncoderBackbone
 from routed_study.trainables.routed_prompt import RoutedPromptConfig
-from routed_study.trainables.setup import TrialSetup
 from routed_study.trainables.training import TIMING_METRICS, Trainer, epoch_batches, train
 
-TASKS = ("sst2", "stsb")
+TASKS = TINY_TASKS
 
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    return write_tiny_glue(tmp_path_factory.mktemp("data"))
-
-
-@pytest.fixture(scope="module")
-def bert_dir(tmp_path_factory):
-    return save_tiny_bert(tmp_path_factory.mktemp("bert"))
-
-
-def make_setup(backbone, data_dir, **overrides) -> TrialSetup:
-    values = dict(tasks=TASKS, backbone=str(backbone), data_dir=str(data_dir), train_per_task=24,
-                  eval_per_task=8, max_length=32)
-    return TrialSetup(**{**values, **overrides})
+def make_setup(backbone, data_dir, **overrides):
+    return tiny_setup(backbone, data_dir, **{"train_per_task": 24, **overrides})   # every tiny train example
 
 
 def config(**knobs) -> RoutedPromptConfig:

@@ -13,35 +13,20 @@ import pytest
 import torch
 
 from tiny_backbones import one_thread  # noqa: F401  (autouse fixture)
-from tiny_backbones import save_tiny_bert, save_tiny_t5, write_tiny_glue
+from tiny_backbones import bert_dir, data_dir  # noqa: F401  (fixtures)
+from tiny_backbones import TINY_TASKS, make_setup, save_tiny_t5
 from routed_study.trainables.errors import InputError
 from routed_study.trainables.limits import position_limit
 from routed_study.trainables.routed_prompt import RoutedPromptConfig
 from routed_study.trainables.setup import TrialSetup
 from routed_study.trainables.training import Trainer
 
-TASKS = ("sst2", "stsb")
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    return write_tiny_glue(tmp_path_factory.mktemp("data"))
-
-
-@pytest.fixture(scope="module")
-def bert_dir(tmp_path_factory):
-    return save_tiny_bert(tmp_path_factory.mktemp("bert"))
+TASKS = TINY_TASKS
 
 
 @pytest.fixture(scope="module")
 def t5_dir(tmp_path_factory):
     return save_tiny_t5(tmp_path_factory.mktemp("t5"))
-
-
-def make_setup(backbone, data_dir, **overrides) -> TrialSetup:
-    values = dict(tasks=TASKS, backbone=str(backbone), data_dir=str(data_dir), train_per_task=16,
-                  eval_per_task=8, max_length=32)
-    return TrialSetup(**{**values, **overrides})
 
 
 def config(**knobs) -> RoutedPromptConfig:
@@ -239,3 +224,44 @@ def test_a_plugin_route_method_is_accepted_searched_and_trained(plugin_on_path, 
         shutil.rmtree(ray_dir, ignore_errors=True)
     assert results.errors == []
     assert results[0].metrics["epoch"] == 1 and np.isfinite(results[0].metrics["train_loss"])
+
+
+@pytest.mark.slow
+def test_a_plugin_route_method_runs_in_a_study_and_is_analysed(plugin_on_path, bert_dir, data_dir, tmp_path,
+                                                                  monkeypatch):
+    """The acceptance path end to end: a spec names the plugin, `routed-study run` trains it in the
+    study's Ray trials (workers import it themselves), and `routed-study analyze` reads its trials."""
+    import pandas as pd
+    import yaml
+
+    from routed_study.study.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    spec = {"name": "plugin_study", "plugins": [plugin_on_path],
+            "backbone": {"name": str(bert_dir), "max_length": 32},
+            "data": {"dir": str(data_dir), "tasks": list(TASKS), "train_per_task": 16, "eval_per_task": 8},
+            "space": {"name": "findings", "override": {"route_method": ["halfsig", "sigmoid"]},
+                      "fixed": {"epochs": 1, "batch_size": 8, "num_prompt_tokens": 4, "num_selected": 2,
+                                "sharing": "custom"}},
+            "search": {"algorithm": "random", "seed": 0}, "scheduler": {"name": "none"},
+            "trials": {"num": 10, "concurrency": 1}, "report": False}   # analyze needs 10
+    (tmp_path / "plugin.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    findings = tmp_path / "route.yaml"
+    findings.write_text("findings:\n  - id: P1\n    statement: halfsig routes better than sigmoid.\n"
+                        "    knob: route_method\n    a: halfsig\n    b: sigmoid\n")
+    assert main(["validate", str(tmp_path / "plugin.yaml")]) == 0
+    assert main(["run", str(tmp_path / "plugin.yaml")]) == 0
+    study = tmp_path / "studies" / "plugin_study"
+    assert main(["analyze", str(study), "--out", str(tmp_path / "out"), "--findings", str(findings)]) == 0
+
+    trials = pd.read_csv(tmp_path / "out" / "trials.csv")
+    assert len(trials) == 10 and trials["score"].notna().all()
+    from routed_study.analysis.encoding import NA, mark_not_applicable
+    from routed_study.trainables.routed_prompt.config import KNOBS
+
+    routed = mark_not_applicable(trials, [k for k in KNOBS if k in trials])["route_method"]
+    routed = routed[routed != NA]   # trials where the route method is not inert (section 7)
+    counts = {m: int((routed == m).sum()) for m in ("halfsig", "sigmoid")}
+    assert counts["halfsig"] >= 1
+    claim = pd.read_csv(tmp_path / "out" / "findings.csv").set_index("id").loc["P1"]
+    assert (claim["n_a"], claim["n_b"]) == (counts["halfsig"], counts["sigmoid"])   # the plugin's trials: side a

@@ -8,7 +8,8 @@ import pytest
 import yaml
 
 from tiny_backbones import one_thread  # noqa: F401  (autouse fixture)
-from tiny_backbones import save_tiny_bert, write_tiny_glue
+from tiny_backbones import bert_dir, data_dir  # noqa: F401  (fixtures)
+from tiny_backbones import TINY_TASKS, make_setup
 from routed_study.search_spaces import get_space
 from routed_study.study.spec import StudySpec
 from routed_study.trainables import source_prompts
@@ -21,24 +22,8 @@ from routed_study.trainables.tasks import get_task, label_groups
 from routed_study.trainables.trainable import trial_config
 from routed_study.trainables.training import Trainer
 
-TASKS = ("sst2", "stsb")
+TASKS = TINY_TASKS
 TINY_TRAIN = 24   # examples in each tiny task's train split
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    return write_tiny_glue(tmp_path_factory.mktemp("data"))
-
-
-@pytest.fixture(scope="module")
-def bert_dir(tmp_path_factory):
-    return save_tiny_bert(tmp_path_factory.mktemp("bert"))
-
-
-def make_setup(backbone, data_dir, **overrides) -> TrialSetup:
-    values = dict(tasks=TASKS, backbone=str(backbone), data_dir=str(data_dir), train_per_task=16,
-                  eval_per_task=8, max_length=32)
-    return TrialSetup.from_dict({**values, **overrides})
 
 
 def knobs(**values) -> RoutedPromptConfig:

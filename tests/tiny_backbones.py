@@ -58,6 +58,9 @@ def save_tiny_t5(path: Path) -> Path:
 TINY_BACKBONES = {"encoder": save_tiny_bert, "seq2seq": save_tiny_t5}
 
 
+#: the tasks that write_tiny_glue writes.
+TINY_TASKS = ("sst2", "stsb")
+
 _WORDS = ("good", "great", "fine", "lovely", "bad", "awful", "dull", "poor")
 
 
@@ -71,7 +74,7 @@ def write_tiny_glue(data_dir: Path, sizes: dict[str, int] | None = None) -> Path
 
     sizes = sizes or {"train": 24, "validation": 8, "test": 8}
     rng = random.Random(0)
-    for task in ("sst2", "stsb"):
+    for task in TINY_TASKS:
         folder = Path(data_dir) / "glue" / task
         folder.mkdir(parents=True, exist_ok=True)
         for split, n in sizes.items():
@@ -88,3 +91,23 @@ def write_tiny_glue(data_dir: Path, sizes: dict[str, int] | None = None) -> Path
                         a, b = rng.choice(_WORDS), rng.choice(_WORDS)
                         writer.writerow([f"a {a} day", f"a {b} day", 5.0 if a == b else rng.uniform(0, 3)])
     return Path(data_dir)
+
+
+# ---------------------------------------------------------------- fixtures and setups the training tests share
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return write_tiny_glue(tmp_path_factory.mktemp("data"))
+
+
+@pytest.fixture(scope="module")
+def bert_dir(tmp_path_factory):
+    return save_tiny_bert(tmp_path_factory.mktemp("bert"))
+
+
+def make_setup(backbone, data_dir, **overrides):
+    """A TrialSetup on a tiny backbone and the tiny tasks (not yet checked: tests call ``check``)."""
+    from routed_study.trainables.setup import TrialSetup
+
+    values = dict(tasks=TINY_TASKS, backbone=str(backbone), data_dir=str(data_dir), train_per_task=16,
+                  eval_per_task=8, max_length=32)
+    return TrialSetup(**{**values, **overrides})

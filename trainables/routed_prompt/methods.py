@@ -27,54 +27,10 @@ Every function sees plain tensors:
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
-from routed_study.trainables.errors import InputError, did_you_mean, format_choices
-
-
-class Registry:
-    """Name -> entry, in registration order; iterating gives the names (a knob's choices)."""
-
-    def __init__(self, what: str):
-        self.what = what
-        self._entries: dict[str, Any] = {}
-        self._lazy: dict[str, str] = {}   # name -> module that registers it on import
-
-    def register(self, name: str, entry: Any) -> Any:
-        if not isinstance(name, str) or not name or name == "same":
-            raise ValueError(f"{self.what} name must be a non-empty string other than 'same', got {name!r}")
-        if name in self._entries:
-            raise ValueError(f"{self.what} {name!r} is registered twice")
-        self._entries[name] = entry
-        self._lazy.pop(name, None)
-        return entry
-
-    def lazy(self, module: str, *names: str) -> None:
-        """Declare names whose implementation ``module`` registers when imported (needs torch)."""
-        for name in names:
-            self._lazy.setdefault(name, module)
-
-    def names(self) -> tuple[str, ...]:
-        return tuple(dict.fromkeys([*self._lazy, *self._entries]))
-
-    def get(self, name: str, where: str = "config") -> Any:
-        if name not in self._entries and name in self._lazy:
-            importlib.import_module(self._lazy[name])
-        if name not in self._entries:
-            raise InputError(f"{where}: unknown {self.what} {name!r}{did_you_mean(name, self.names())}; "
-                             f"registered: {format_choices(self.names())}")
-        return self._entries[name]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.names())
-
-    def __contains__(self, name: object) -> bool:
-        return name in self.names()
-
-    def __len__(self) -> int:
-        return len(self.names())
+from routed_study.trainables.registry import Registry
 
 
 # ---------------------------------------------------------------- route methods
@@ -89,7 +45,7 @@ class RouteMethod:
     tempered: bool       # whether tau changes its scores (const: no)
 
 
-ROUTE_METHODS = Registry("route method")
+ROUTE_METHODS = Registry("route method", reserved=("same",))
 ROUTERS = ("table", "attention")
 
 
@@ -188,7 +144,7 @@ class Composition:
     weighted: bool       # whether the router's weights reach the prompt
 
 
-COMPOSE_METHODS = Registry("compose method")
+COMPOSE_METHODS = Registry("compose method", reserved=("same",))
 
 
 def register_compose_method(name: str, *, joins: bool, weighted: bool = True):
@@ -224,7 +180,7 @@ def unweighted_compose_methods() -> tuple[str, ...]:
 
 
 # ---------------------------------------------------------------- source orders
-SOURCE_ORDERS = Registry("source order")
+SOURCE_ORDERS = Registry("source order", reserved=("same",))
 
 
 def register_source_order(name: str):
@@ -255,5 +211,5 @@ def _rand(weights, chosen):
 
 
 # ---------------------------------------------------------------- prompt encoders (need torch)
-PROMPT_ENCODERS = Registry("prompt encoder")
+PROMPT_ENCODERS = Registry("prompt encoder", reserved=("same",))
 PROMPT_ENCODERS.lazy("routed_study.trainables.routed_prompt.encoders", "emb", "mlp", "lstm")
