@@ -402,6 +402,10 @@ def _write_report(spec: "StudySpec", study_dir: Location) -> dict[str, Path]:
     try:
         paths = build_report(source, out_dir, target=spec.metric, mode=spec.mode, experiment=experiment)
     except InputError as exc:  # e.g. too few completed trials to analyse
+        page = Path(str(out_dir)) / "report.html"
+        if page.is_file():   # written before the error: verdicts and design, without what could not run
+            print(f"report (partial): {page}: {exc}", flush=True)
+            return {"html": page}
         print(f"no report: {exc}; the results are in {study_dir} "
               f"(`routed-study analyze {study_dir} --out DIR` once more trials finished)", flush=True)
         return {}
