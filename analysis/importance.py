@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import warnings
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import ClassVar
 
 import numpy as np
@@ -38,6 +38,8 @@ from routed_study.trainables.routed_prompt.config import KNOBS
 
 #: Verdicts of the per-knob null reference.
 MATTERS, DOES_NOT, CANNOT_TELL = "matters", "does not matter", "cannot tell"
+#: The trials and scores every importance method and claim uses by default.
+COMPLETED_VIEW = "completed or errored trials, final scores"
 
 
 @dataclass
@@ -46,7 +48,8 @@ class Design:
 
     raw: knob columns, 'n/a' where a knob did not apply; X: the encoded matrix
     (:class:`KnobEncoder`); groups: encoded column -> knob; y: the target signed so that
-    higher is better (NaN: no value); clusters: configuration id per row (repeats share one).
+    higher is better (NaN: no value); clusters: configuration id per row (repeats share one);
+    view: which trials and which score y holds, in words (the report prints it).
     """
 
     raw: pd.DataFrame
@@ -54,6 +57,7 @@ class Design:
     groups: dict[str, str]
     y: np.ndarray
     clusters: np.ndarray
+    view: str = COMPLETED_VIEW
 
     @classmethod
     def completed(cls, frame: pd.DataFrame, knobs: list[str], target: str, clusters,
@@ -66,19 +70,20 @@ class Design:
 
     @classmethod
     def from_frame(cls, frame: pd.DataFrame, knobs: list[str], y, clusters=None,
-                   encoder: KnobEncoder | None = None) -> "Design":
+                   encoder: KnobEncoder | None = None, view: str | None = None) -> "Design":
         encoder = encoder or KnobEncoder().fit(frame[knobs])
         clusters = np.arange(len(frame)) if clusters is None else np.asarray(clusters)
+        extra = {"view": view} if view else {}
         return cls(raw=mark_not_applicable(frame, knobs), X=encoder.transform(frame[knobs]),
-                   groups=encoder.groups_, y=np.asarray(y, float), clusters=clusters)
+                   groups=encoder.groups_, y=np.asarray(y, float), clusters=clusters, **extra)
 
     @property
     def knobs(self) -> list[str]:
         return list(dict.fromkeys(self.groups.values()))
 
     def subset(self, rows: np.ndarray) -> "Design":
-        return Design(raw=self.raw.iloc[rows], X=self.X.iloc[rows], groups=self.groups, y=self.y[rows],
-                      clusters=self.clusters[rows])
+        return replace(self, raw=self.raw.iloc[rows], X=self.X.iloc[rows], y=self.y[rows],
+                       clusters=self.clusters[rows])
 
     def sample_configurations(self, max_trials: int, rng) -> np.ndarray:
         """Row indices of whole configurations drawn at random until about ``max_trials`` rows."""

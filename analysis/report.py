@@ -22,9 +22,10 @@ import pandas as pd
 
 from routed_study.analysis import charts
 from routed_study.analysis.designs import StudyDesign, design_of, elementary_effects
+from routed_study.analysis.effects import study_effects
 from routed_study.analysis.encoding import KnobEncoder, mark_not_applicable
 from routed_study.analysis.findings import CORRECTION_TEXT, Evidence, evaluate_findings, load_findings
-from routed_study.analysis.importance import METHODS, Design
+from routed_study.analysis.importance import COMPLETED_VIEW, METHODS, Design
 from routed_study.analysis.interactions import pair_strengths
 from routed_study.analysis.loading import STATUS_TREATMENT, load_trials
 from routed_study.analysis.ranking import EXTRAS_KEY
@@ -48,6 +49,22 @@ def _table(frame: pd.DataFrame, cls: str = "data") -> str:
     return frame.to_html(classes=cls, float_format="{:.4g}".format, na_rep="", border=0, escape=True)
 
 
+def common_budget_design(evidence: Evidence, knobs: list[str], encoder: KnobEncoder,
+                         why_not_completed: dict) -> Design | None:
+    """Every trial at the study's common budget (the last epoch every non-failed trial reached;
+    errored trials keep their failure), or None where early stops left no common epoch. A
+    partly-trained score measures learning speed as much as the final score: the page says so."""
+    study = study_effects(evidence)
+    rung = study.common_rung(~study.failed)
+    if rung is None or not study.stopped.any():
+        return None
+    y = np.where(study.failed, study.y, study.score_at(rung))
+    reason = next(iter(why_not_completed.values()), "")
+    view = (f"every trial at epoch {rung}, the budget all reached (the completed trials alone were too few: "
+            f"{reason}); a score at epoch {rung} shows learning speed as much as the final score")
+    return Design.from_frame(evidence.frame, knobs, y, evidence.clusters, encoder, view=view)
+
+
 def fit_methods(design: Design, names: Sequence[str], random_state: int) -> tuple[dict, dict]:
     """Fit each named method with its own defaults (and the report's random_state where it takes one)."""
     fitted, skipped = {}, {}
@@ -61,14 +78,16 @@ def fit_methods(design: Design, names: Sequence[str], random_state: int) -> tupl
     return fitted, skipped
 
 
-def importance_table(fitted: dict) -> pd.DataFrame:
-    """One row per method and knob; rank 1 = most important, importance <= 0 unranked."""
-    columns = ["factor", "method", "importance", "rank", "low", "high", "p_value", "verdict", "n_trials"]
+def importance_table(fitted: dict, view: str = COMPLETED_VIEW) -> pd.DataFrame:
+    """One row per method and knob; rank 1 = most important, importance <= 0 unranked; ``view``:
+    which trials and scores the methods were fitted on."""
+    columns = ["factor", "method", "importance", "rank", "low", "high", "p_value", "verdict", "n_trials", "view"]
     parts = []
     for name, method in fitted.items():
         imp = method.factor_importances_.copy()
         imp["rank"] = imp["importance"].where(imp["importance"] > 0).rank(ascending=False, method="min")
         imp["n_trials"] = method.n_trials_
+        imp["view"] = view
         parts.append(imp.rename_axis("factor").reset_index().assign(method=name))
     return pd.concat(parts).reindex(columns=columns) if parts else pd.DataFrame(columns=columns)
 
@@ -97,13 +116,14 @@ def verdict_section(verdicts: pd.DataFrame, alpha: float) -> dict:
     return {"rows": rows, "n": len(rows), "correction": CORRECTION_TEXT, "alpha": alpha}
 
 
-def importance_section(importance: pd.DataFrame, fitted: dict, skipped: dict) -> dict:
+def importance_section(importance: pd.DataFrame, fitted: dict, skipped: dict, view: str) -> dict:
     section = {"chart": None, "skipped": skipped, "note": "", "null_table": [], "null_method": "",
-               "table": _table(importance.set_index(["method", "factor"])) if len(importance) else ""}
+               "table": _table(importance.drop(columns="view").set_index(["method", "factor"]))
+               if len(importance) else ""}
     if not len(importance):
         return section
     section["chart"] = charts.importance_chart(importance)
-    section["note"] = "Trials per method: " + ", ".join(
+    section["note"] = f"Fitted on {view}. Trials per method: " + ", ".join(
         f"{name} {m.n_trials_}" for name, m in fitted.items()) + ". " + " ".join(
         f"{name}: {(m.__doc__ or '').strip().splitlines()[0]}" for name, m in fitted.items())
     with_null = [n for n, m in fitted.items() if m.factor_importances_["verdict"].astype(bool).any()]
@@ -129,9 +149,13 @@ def summary_section(table, evidence: Evidence, design: Design, encoder: KnobEnco
     lines += [f"{count} {status}: {STATUS_TREATMENT.get(status, 'used as is')}"
               for status, count in table.counts().items()]
     stopped = int((frame["status"] == "early_stopped").sum()) if "status" in frame else 0
-    lines.append(f"Importance methods and the ranking claim (F1): {len(design.y)} completed or errored trials; "
-                 f"{stopped} early-stopped trials left out (a partly-trained score measures learning speed, "
-                 f"not the final score)")
+    if design.view == COMPLETED_VIEW:
+        lines.append(f"Importance methods and the ranking claim (F1): {len(design.y)} {COMPLETED_VIEW}; "
+                     f"{stopped} early-stopped trials left out (a partly-trained score measures learning speed, "
+                     f"not the final score)")
+    else:
+        lines.append(f"Importance methods: {len(design.y)} trials, {design.view}. The ranking claim (F1) uses "
+                     f"{COMPLETED_VIEW} only.")
     lines.append(f"Knobs analysed: {len(encoder.knobs_)} ({len(encoder.feature_names_out_)} encoded columns; "
                  f"a knob is not applicable where the knob table says it is inert); constant, left out: "
                  f"{', '.join(encoder.constant_knobs_) or 'none'}")
@@ -277,9 +301,16 @@ def build_report(source, out_dir, target: str = "score", mode: str = "max", find
     encoder = KnobEncoder().fit(table.frame[knobs])
     design = Design.completed(evidence.frame, knobs, target, evidence.clusters, encoder)
     fitted, skipped = fit_methods(design, names, random_state)
-    evidence.extras.update({"design": design, EXTRAS_KEY: fitted})
+    # The claims (F1 among them) see the completed trials only; the page's importance falls back
+    # to the common budget when too few trials completed to fit any method on them.
+    evidence.extras.update({"design": design, EXTRAS_KEY: dict(fitted)})
+    if not fitted:
+        budget = common_budget_design(evidence, knobs, encoder, skipped)
+        if budget is not None:
+            design = budget
+            fitted, skipped = fit_methods(design, names, random_state)
 
-    importance = importance_table(fitted)
+    importance = importance_table(fitted, design.view)
     paths["importance"] = out / "importance.csv"
     importance.to_csv(paths["importance"], index=False)
     verdicts = evaluate_findings(entries, evidence)
@@ -305,7 +336,7 @@ def build_report(source, out_dir, target: str = "score", mode: str = "max", find
     page = TEMPLATES.get_template("report.html.j2").render(
         verdicts=verdict_section(verdicts, alpha),
         design=study_design,
-        importance=importance_section(importance, fitted, skipped),
+        importance=importance_section(importance, fitted, skipped, design.view),
         interactions=interactions,
         best=best_section(table, best),
         trees=trees,

@@ -28,8 +28,9 @@ def planted(n: int, seed: int = 0, **kw) -> pd.DataFrame:
     return planted_table(n, seed=seed, **kw).assign(num_selected=2)
 
 
-def fake_study(root: Path, n: int = 30) -> Path:
-    """A Ray-style study dir: params.json, result.json per epoch, error.txt, router_matrix.csv."""
+def fake_study(root: Path, n: int = 30, stopped=lambda i: i % 5 == 0) -> Path:
+    """A Ray-style study dir: params.json, result.json per epoch, error.txt, router_matrix.csv;
+    trial 0 errors, trial i stops early after one epoch where ``stopped(i)``."""
     frame = planted(n, seed=5)
     tasks = ["rt_sentiment", "vader_movies"]
     for i, row in frame.iterrows():
@@ -38,7 +39,7 @@ def fake_study(root: Path, n: int = 30) -> Path:
         config = {k: (v.item() if hasattr(v, "item") else v) for k, v in row.drop("score").items()}
         config.update(epochs=3, seed=0, __trial_index__=0)
         (trial / "params.json").write_text(json.dumps(config))
-        epochs = 0 if i == 0 else (1 if i % 5 == 0 else 3)  # trial 0 errors, every 5th stopped early
+        epochs = 0 if i == 0 else (1 if stopped(i) else 3)
         lines = [json.dumps({"epoch": e, "score": row["score"] - (3 - e), "config": config,
                              **{f"val/{t}": row["score"] + j for j, t in enumerate(tasks)}})
                  for e in range(1, epochs + 1)]
@@ -70,6 +71,24 @@ def test_study_dir_statuses_and_report(tmp_path):
     importance = pd.read_csv(paths["importance"])
     assert set(importance.columns) >= {"factor", "method", "importance", "rank", "low", "high", "p_value", "verdict"}
     assert set(importance["method"]) == METHODS
+
+
+def test_importance_falls_back_to_the_common_budget_when_few_trials_completed(tmp_path):
+    # As in a short ASHA study: 9 of 30 trials complete, too few for any importance method.
+    study = fake_study(tmp_path / "study", stopped=lambda i: i % 3 != 0)
+    claims = tmp_path / "claims.yaml"
+    claims.write_text("findings:\n  - {id: R, kind: ranking, statement: planted order,\n"
+                      "     factors: [apply_softmax_to=after, learning_rate, compose_method, source_order]}\n")
+    paths = build_report(study, tmp_path / "out", findings=claims)
+    importance = pd.read_csv(paths["importance"])
+    assert len(importance) and importance["view"].str.startswith("every trial at epoch 1, the budget all reached").all()
+    assert "needs at least 10 trials" in importance["view"].iloc[0]
+    assert set(importance.loc[importance["method"] == "forest", "n_trials"]) == {29}  # all but the errored one
+    page = paths["html"].read_text()
+    assert "Fitted on every trial at epoch 1" in page and "The ranking claim (F1) uses completed" in page
+    # The claims keep to the completed trials: a ranking cannot be judged on nine of them.
+    ranking = pd.read_csv(paths["findings"]).set_index("id").loc["R"]
+    assert ranking["verdict"] == "inconclusive" and "surrogate could not be fitted" in ranking["reason"]
 
 
 def test_csv_report_with_config_prefix_and_browser(tmp_path):
