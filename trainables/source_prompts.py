@@ -74,7 +74,7 @@ def pretrain_source(task: str, setup: TrialSetup, num_prompt_tokens: int, seed: 
     single = TrialSetup.from_dict({**setup.to_dict(), "tasks": [task], "train_per_task": setup.train_size(task),
                                    "train_sizes": {}}, where="source pre-training")
     trainer = Trainer(config, single, device=device)
-    trainer.run()
+    trainer.fit()
     return trainer.model.target.detach()[0].cpu().clone()
 
 

@@ -231,6 +231,12 @@ class Trainer:
         metrics[f"{prefix}_score"] = float(np.mean(mains))
         return metrics
 
+    def fit(self) -> None:
+        """Train the remaining epochs without evaluating: source pre-training keeps the prompt, not
+        its scores, and on a short run evaluating can take as long as training."""
+        while self.epoch < self.config.epochs:
+            self.train_epoch()
+
     def run(self, report: Reporter | None = None) -> TrainResult:
         metrics: dict[str, float] = {}
         while self.epoch < self.config.epochs:
